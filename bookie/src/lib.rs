@@ -1,0 +1,49 @@
+//! The bookie: Magnetar's durable ledger storage node, as Apache BookKeeper's bookie is.
+//!
+//! A ledger is an append-only sequence of entries with a single writer. A bookie stores the
+//! entries it is sent, acknowledging each only once it is on disk (journal, group commit,
+//! fdatasync), serves reads, and fences a ledger on request so a crashed writer's successor can
+//! close it safely. Replication across bookies is the ledger client's job; a bookie knows only
+//! its own copy.
+//!
+//! Write path: gRPC `AddEntries` -> checks (size, CRC32C, token, fencing) -> journal queue ->
+//! one write + one fdatasync per group -> write cache -> answer. In the background the flusher
+//! writes the cache to entry logs and the RocksDB index and moves the journal checkpoint; the
+//! compactor reclaims entry logs of deleted ledgers.
+//!
+//! # Layout
+//! - [`config`]: [`BookieConfig`], every knob with its default and range.
+//! - [`error`]: [`BookieError`] and its stable wire codes.
+//! - [`entry`]: the entry checksum shared by writers, bookies and readers.
+//! - [`journal_record`]: journal file format (encode, decode, torn-tail detection); no I/O.
+//! - [`journal`]: the group-commit writer thread and its preallocated files.
+//! - [`write_cache`]: entries durable in the journal, not yet in an entry log.
+//! - [`entry_log`]: append-only entry log files and their reader.
+//! - [`index`]: RocksDB: entry locations, ledger metadata, log usage, checkpoint.
+//! - [`storage`]: ledger storage tying the above together; flusher and journal replay.
+//! - [`compaction`]: garbage collection of entry logs.
+//! - [`disk`]: free space and the read-only state.
+//! - [`server`]: the gRPC service.
+//! - [`bookie`]: [`RunningBookie`], start and orderly shutdown.
+//! - [`client`]: [`BookieClient`] for one bookie.
+
+pub mod bookie;
+pub mod client;
+pub mod compaction;
+pub mod config;
+pub mod disk;
+pub mod entry;
+pub mod entry_log;
+pub mod error;
+pub mod index;
+pub mod journal;
+pub mod journal_record;
+pub mod server;
+pub mod storage;
+pub mod write_cache;
+
+pub use bookie::RunningBookie;
+pub use client::{AddStream, BookieClient, LacReading};
+pub use config::BookieConfig;
+pub use entry::{entry_checksum_ok, entry_crc32c, new_entry};
+pub use error::{BookieError, Result};

@@ -1,0 +1,112 @@
+//! The write cache: entries that are durable in the journal but not yet in an entry log.
+//!
+//! Reads look here first. The flusher swaps the whole cache out, writes it to the entry log
+//! sorted by (ledger, entry) so each ledger's entries sit together, and then records how far
+//! the journal is covered (the checkpoint).
+
+use std::collections::HashMap;
+
+use magnetar_proto::bookie::Entry;
+
+use crate::journal::JournalPosition;
+
+/// One generation of cached entries.
+#[derive(Default)]
+pub struct WriteCache {
+    entries: HashMap<(u64, u64), Entry>,
+    payload_bytes: usize,
+    /// Journal position of the newest entry inserted: once this cache is in the entry log and
+    /// the index, the journal before this position is no longer needed.
+    journal_position: JournalPosition,
+}
+
+impl WriteCache {
+    /// Inserts (or replaces) an entry.
+    pub fn insert(&mut self, entry: Entry) {
+        self.payload_bytes += entry.payload.len();
+        if let Some(previous) = self
+            .entries
+            .insert((entry.ledger_id, entry.entry_id), entry)
+        {
+            self.payload_bytes -= previous.payload.len();
+        }
+    }
+
+    pub fn get(&self, ledger_id: u64, entry_id: u64) -> Option<&Entry> {
+        self.entries.get(&(ledger_id, entry_id))
+    }
+
+    pub fn set_journal_position(&mut self, position: JournalPosition) {
+        self.journal_position = self.journal_position.max(position);
+    }
+
+    pub fn journal_position(&self) -> JournalPosition {
+        self.journal_position
+    }
+
+    pub fn payload_bytes(&self) -> usize {
+        self.payload_bytes
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Drops every entry of a deleted ledger.
+    pub fn remove_ledger(&mut self, ledger_id: u64) {
+        let mut freed = 0;
+        self.entries.retain(|(ledger, _), entry| {
+            let keep = *ledger != ledger_id;
+            if !keep {
+                freed += entry.payload.len();
+            }
+            keep
+        });
+        self.payload_bytes -= freed;
+    }
+
+    /// The entries ordered by (ledger, entry), as the entry log wants them.
+    pub fn sorted_entries(&self) -> Vec<&Entry> {
+        let mut entries: Vec<&Entry> = self.entries.values().collect();
+        entries.sort_unstable_by_key(|entry| (entry.ledger_id, entry.entry_id));
+        entries
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::entry::new_entry;
+    use bytes::Bytes;
+
+    #[test]
+    fn replacing_an_entry_keeps_the_byte_count_right() {
+        let mut cache = WriteCache::default();
+        cache.insert(new_entry(1, 0, -1, Bytes::from_static(b"abc")));
+        cache.insert(new_entry(1, 0, -1, Bytes::from_static(b"abcdef")));
+        cache.insert(new_entry(2, 0, -1, Bytes::from_static(b"xy")));
+        assert_eq!(cache.payload_bytes(), 8);
+        cache.remove_ledger(1);
+        assert_eq!(cache.payload_bytes(), 2);
+        assert_eq!(cache.len(), 1);
+        assert!(cache.get(1, 0).is_none());
+    }
+
+    #[test]
+    fn entries_come_out_sorted_by_ledger_then_entry() {
+        let mut cache = WriteCache::default();
+        for (ledger, entry) in [(2, 1), (1, 5), (2, 0), (1, 2)] {
+            cache.insert(new_entry(ledger, entry, -1, Bytes::new()));
+        }
+        let order: Vec<(u64, u64)> = cache
+            .sorted_entries()
+            .iter()
+            .map(|entry| (entry.ledger_id, entry.entry_id))
+            .collect();
+        assert_eq!(order, vec![(1, 2), (1, 5), (2, 0), (2, 1)]);
+    }
+}

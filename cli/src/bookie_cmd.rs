@@ -1,0 +1,100 @@
+//! `magnetar bookie`: one ledger storage node, until SIGTERM or Ctrl-C.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::Args;
+use magnetar_bookie::{BookieConfig, RunningBookie};
+
+#[derive(Args)]
+pub struct BookieArgs {
+    /// Data directory (journal, entry logs, index). Created if missing.
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// Address to serve gRPC on.
+    #[arg(long)]
+    pub listen: Option<SocketAddr>,
+    /// A TOML file with any field of the bookie's configuration; flags override it.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Size of each preallocated journal file, in bytes.
+    #[arg(long)]
+    pub journal_file_size_bytes: Option<u64>,
+    /// Flush the write cache to entry logs past this many bytes.
+    #[arg(long)]
+    pub write_cache_flush_bytes: Option<usize>,
+    /// Start a new entry log past this size, in bytes.
+    #[arg(long)]
+    pub entry_log_size_bytes: Option<u64>,
+    /// Turn read-only below this much free disk space, in bytes.
+    #[arg(long)]
+    pub min_free_space_bytes: Option<u64>,
+}
+
+impl BookieArgs {
+    /// The configuration: defaults, then the TOML file, then flags.
+    pub fn config(&self) -> anyhow::Result<BookieConfig> {
+        let mut config = match &self.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("reading bookie config {}", path.display()))?;
+                toml::from_str(&text)
+                    .with_context(|| format!("parsing bookie config {}", path.display()))?
+            }
+            None => BookieConfig::default(),
+        };
+        if let Some(dir) = &self.data_dir {
+            config.data_dir = dir.clone();
+        }
+        if let Some(listen) = self.listen {
+            config.listen = listen;
+        }
+        if let Some(bytes) = self.journal_file_size_bytes {
+            config.journal_file_size_bytes = bytes;
+        }
+        if let Some(bytes) = self.write_cache_flush_bytes {
+            config.write_cache_flush_bytes = bytes;
+        }
+        if let Some(bytes) = self.entry_log_size_bytes {
+            config.entry_log_size_bytes = bytes;
+        }
+        if let Some(bytes) = self.min_free_space_bytes {
+            config.min_free_space_bytes = bytes;
+        }
+        config
+            .validate()
+            .context("checking the bookie configuration")?;
+        Ok(config)
+    }
+}
+
+pub fn run(args: BookieArgs) -> anyhow::Result<()> {
+    let config = args.config()?;
+    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    runtime.block_on(async move {
+        let bookie = RunningBookie::start(config)
+            .await
+            .context("starting the bookie")?;
+        // Tests and scripts wait for this line to know the bookie is serving.
+        println!("bookie listening on {}", bookie.local_addr());
+        wait_for_stop_signal().await?;
+        bookie
+            .shutdown()
+            .await
+            .context("shutting the bookie down")?;
+        Ok(())
+    })
+}
+
+/// Resolves on SIGTERM or SIGINT.
+pub async fn wait_for_stop_signal() -> anyhow::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut terminate = signal(SignalKind::terminate()).context("installing a SIGTERM handler")?;
+    let mut interrupt = signal(SignalKind::interrupt()).context("installing a SIGINT handler")?;
+    tokio::select! {
+        _ = terminate.recv() => {}
+        _ = interrupt.recv() => {}
+    }
+    Ok(())
+}

@@ -1,0 +1,385 @@
+//! `magnetar perf bookie`: adds through gRPC to one bookie, every add acknowledged only after
+//! the journal's fdatasync.
+//!
+//! W writers each own a ledger and an AddEntries stream. Without `--rate`, each keeps a window
+//! of entries in flight in batches. With `--rate`, a pacing thread releases entries on
+//! schedule and latency counts from the scheduled time, so a stall is charged to every entry
+//! it delayed.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use bytes::Bytes;
+use clap::Args;
+use magnetar_bookie::{new_entry, BookieClient, BookieConfig, RunningBookie};
+use magnetar_proto::bookie::{AddRequest, ErrorCode};
+use tokio::sync::mpsc;
+
+use super::raw_fsync::measure_raw_fsync;
+use super::report::{Figures, LatencyHistogram};
+
+#[derive(Args)]
+pub struct BookiePerfArgs {
+    /// Entries to write in all.
+    #[arg(long, default_value_t = 1_000_000)]
+    pub entries: u64,
+    /// Payload bytes per entry.
+    #[arg(long, default_value_t = 100)]
+    pub entry_size: usize,
+    /// Concurrent writers, each with its own ledger and stream.
+    #[arg(long, default_value_t = 16)]
+    pub writers: u64,
+    /// Target adds per second across all writers; unlimited when absent.
+    #[arg(long)]
+    pub rate: Option<u64>,
+    /// Entries per request when unlimited.
+    #[arg(long, default_value_t = 128)]
+    pub batch: usize,
+    /// Entries in flight per writer when unlimited.
+    #[arg(long, default_value_t = 4096)]
+    pub window: u64,
+    /// Data directory of the bookie started for the run (a temporary one when absent).
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// Target a running bookie instead of starting one.
+    #[arg(long)]
+    pub bookie: Option<String>,
+    /// Only print the JSON line.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn run(args: BookiePerfArgs) -> anyhow::Result<()> {
+    if args.writers == 0 || args.entries < args.writers || args.entry_size == 0 {
+        bail!("need --writers >= 1, --entries >= --writers and --entry-size >= 1");
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(run_async(args))
+}
+
+struct WriterOutcome {
+    latencies: LatencyHistogram,
+    failures: u64,
+}
+
+async fn run_async(args: BookiePerfArgs) -> anyhow::Result<()> {
+    let temporary = tempfile::tempdir_in(std::env::current_dir().unwrap_or_else(|_| ".".into()))
+        .context("creating a temporary data directory")?;
+    let data_dir = args
+        .data_dir
+        .clone()
+        .unwrap_or_else(|| temporary.path().to_path_buf());
+    std::fs::create_dir_all(&data_dir)
+        .with_context(|| format!("creating {}", data_dir.display()))?;
+
+    let (raw_p50_us, raw_p99_us) = tokio::task::spawn_blocking({
+        let dir = data_dir.clone();
+        move || measure_raw_fsync(&dir, 2000)
+    })
+    .await??;
+    if !args.json {
+        println!(
+            "raw 4 KiB write+fdatasync on {}: p50 {raw_p50_us} us, p99 {raw_p99_us} us",
+            data_dir.display()
+        );
+    }
+
+    let (bookie, address) = match &args.bookie {
+        Some(address) => (None, address.clone()),
+        None => {
+            let config = BookieConfig {
+                data_dir: data_dir.join("bookie"),
+                listen: "127.0.0.1:0".parse()?,
+                ..BookieConfig::default()
+            };
+            let bookie = RunningBookie::start(config)
+                .await
+                .context("starting the bookie")?;
+            let address = bookie.local_addr().to_string();
+            (Some(bookie), address)
+        }
+    };
+    let client = BookieClient::connect(&address).await?;
+    let info_before = client.info().await?;
+
+    let payload = Bytes::from(vec![0xa5u8; args.entry_size]);
+    let acked = Arc::new(AtomicU64::new(0));
+    let ledger_base = 1_000_000 + u64::from(std::process::id()) * 1_000;
+    let started = Instant::now();
+    let mut writers = Vec::new();
+    let mut schedules = Vec::new();
+    for writer in 0..args.writers {
+        let quota = args.entries / args.writers + u64::from(writer < args.entries % args.writers);
+        let client = BookieClient::connect(&address).await?;
+        let ledger_id = ledger_base + writer;
+        let payload = payload.clone();
+        let acked = acked.clone();
+        match args.rate {
+            None => writers.push(tokio::spawn(write_unlimited(
+                client,
+                ledger_id,
+                quota,
+                payload,
+                args.batch,
+                args.window,
+                acked,
+            ))),
+            Some(_) => {
+                let (schedule, scheduled) = mpsc::unbounded_channel();
+                schedules.push(schedule);
+                writers.push(tokio::spawn(write_paced(
+                    client, ledger_id, quota, payload, scheduled, acked,
+                )));
+            }
+        }
+    }
+
+    let pacer = args.rate.map(|rate| {
+        let total = args.entries;
+        std::thread::spawn(move || pace(total, rate.max(1) as f64, started, schedules))
+    });
+
+    let progress = {
+        let acked = acked.clone();
+        let quiet = args.json;
+        let total = args.entries;
+        tokio::spawn(async move {
+            let mut last = 0;
+            let mut ticker = tokio::time::interval(Duration::from_secs(1));
+            ticker.tick().await;
+            loop {
+                ticker.tick().await;
+                let now = acked.load(Ordering::Relaxed);
+                if !quiet {
+                    eprintln!(
+                        "  {now}/{total} entries acknowledged, {} adds/s",
+                        now - last
+                    );
+                }
+                last = now;
+            }
+        })
+    };
+
+    let mut latencies = LatencyHistogram::new();
+    let mut failures = 0;
+    for writer in writers {
+        let outcome = writer.await.context("a writer task failed")??;
+        latencies.merge(&outcome.latencies);
+        failures += outcome.failures;
+    }
+    let elapsed = started.elapsed();
+    progress.abort();
+    if let Some(pacer) = pacer {
+        let _ = pacer.join();
+    }
+    let info_after = client.info().await?;
+    if let Some(bookie) = bookie {
+        bookie.shutdown().await?;
+    }
+
+    let seconds = elapsed.as_secs_f64();
+    let acknowledged = latencies.count();
+    let adds_per_sec = acknowledged as f64 / seconds;
+    let mb_per_sec = adds_per_sec * args.entry_size as f64 / 1_000_000.0;
+    let fsyncs = info_after.journal_fsyncs - info_before.journal_fsyncs;
+    let journaled = info_after.journal_entries - info_before.journal_entries;
+    let fsyncs_per_sec = fsyncs as f64 / seconds;
+    let entries_per_fsync = if fsyncs == 0 {
+        0.0
+    } else {
+        journaled as f64 / fsyncs as f64
+    };
+    if !args.json {
+        println!(
+            "{acknowledged} adds of {} bytes by {} writers in {seconds:.2} s{}",
+            args.entry_size,
+            args.writers,
+            args.rate
+                .map(|rate| format!(" at a target of {rate}/s"))
+                .unwrap_or_default()
+        );
+        println!("throughput: {adds_per_sec:.0} adds/s, {mb_per_sec:.2} MB/s");
+        println!(
+            "add latency: p50 {} us, p99 {} us, p99.9 {} us (raw fdatasync p50 {raw_p50_us} us, p99 {raw_p99_us} us)",
+            latencies.percentile_us(50.0),
+            latencies.percentile_us(99.0),
+            latencies.percentile_us(99.9)
+        );
+        println!("journal: {fsyncs_per_sec:.0} fsyncs/s, {entries_per_fsync:.1} entries per fsync");
+        if failures > 0 {
+            println!("failed adds: {failures}");
+        }
+    }
+    let mut figures = Figures::default();
+    figures
+        .set("entries", acknowledged)
+        .set("entry_size", args.entry_size as u64)
+        .set("writers", args.writers)
+        .set("rate", args.rate.unwrap_or(0))
+        .set_f64("adds_per_sec", adds_per_sec)
+        .set_f64("mb_per_sec", mb_per_sec)
+        .set("add_p50_us", latencies.percentile_us(50.0))
+        .set("add_p99_us", latencies.percentile_us(99.0))
+        .set("add_p999_us", latencies.percentile_us(99.9))
+        .set_f64("fsyncs_per_sec", fsyncs_per_sec)
+        .set_f64("entries_per_fsync", entries_per_fsync)
+        .set("raw_fsync_p50_us", raw_p50_us)
+        .set("raw_fsync_p99_us", raw_p99_us)
+        .set("failed_adds", failures);
+    figures.print_json_line();
+    if failures > 0 {
+        bail!("{failures} adds failed");
+    }
+    Ok(())
+}
+
+/// Keeps up to `window` entries in flight in requests of `batch`.
+async fn write_unlimited(
+    client: BookieClient,
+    ledger_id: u64,
+    quota: u64,
+    payload: Bytes,
+    batch: usize,
+    window: u64,
+    acked: Arc<AtomicU64>,
+) -> anyhow::Result<WriterOutcome> {
+    let mut stream = client.open_add_stream(1024).await?;
+    let mut sent_at = Vec::with_capacity(quota as usize);
+    let mut outcome = WriterOutcome {
+        latencies: LatencyHistogram::new(),
+        failures: 0,
+    };
+    let (mut sent, mut done) = (0u64, 0u64);
+    while done < quota {
+        while sent < quota && sent - done < window {
+            let count = (batch as u64).min(quota - sent).min(window - (sent - done));
+            let now = Instant::now();
+            let entries = (sent..sent + count)
+                .map(|entry_id| {
+                    new_entry(ledger_id, entry_id, entry_id as i64 - 1, payload.clone())
+                })
+                .collect();
+            sent_at.extend(std::iter::repeat_n(now, count as usize));
+            stream
+                .requests
+                .send(AddRequest {
+                    entries,
+                    ..AddRequest::default()
+                })
+                .await
+                .context("the bookie closed the add stream")?;
+            sent += count;
+        }
+        let response = stream
+            .responses
+            .message()
+            .await
+            .context("reading add results")?
+            .context("the bookie ended the add stream")?;
+        done += record(&response.results, &sent_at, &mut outcome);
+        acked.fetch_add(response.results.len() as u64, Ordering::Relaxed);
+    }
+    Ok(outcome)
+}
+
+/// Releases entries on schedule, round robin over the writers: the k-th entry overall is due
+/// at `start + k / rate` and goes to writer `k mod W` as that writer's entry `k / W`.
+fn pace(
+    total: u64,
+    rate_per_sec: f64,
+    start: Instant,
+    schedules: Vec<mpsc::UnboundedSender<(u64, Instant)>>,
+) {
+    let writers = schedules.len() as u64;
+    let interval = Duration::from_secs_f64(1.0 / rate_per_sec);
+    for sequence in 0..total {
+        let due = start + interval.mul_f64(sequence as f64);
+        let now = Instant::now();
+        if due > now {
+            std::thread::sleep(due - now);
+        }
+        let writer = (sequence % writers) as usize;
+        if schedules[writer].send((sequence / writers, due)).is_err() {
+            return;
+        }
+    }
+}
+
+/// Sends entries as they fall due, each request holding whatever is due at once.
+async fn write_paced(
+    client: BookieClient,
+    ledger_id: u64,
+    quota: u64,
+    payload: Bytes,
+    mut scheduled: mpsc::UnboundedReceiver<(u64, Instant)>,
+    acked: Arc<AtomicU64>,
+) -> anyhow::Result<WriterOutcome> {
+    let mut stream = client.open_add_stream(1024).await?;
+    let mut due_at = vec![Instant::now(); quota as usize];
+    let mut outcome = WriterOutcome {
+        latencies: LatencyHistogram::new(),
+        failures: 0,
+    };
+    let mut done = 0u64;
+    let mut schedule_open = true;
+    while done < quota {
+        tokio::select! {
+            next = scheduled.recv(), if schedule_open => {
+                let Some(first) = next else { schedule_open = false; continue };
+                let mut due = vec![first];
+                while let Ok(more) = scheduled.try_recv() {
+                    due.push(more);
+                }
+                let entries = due
+                    .iter()
+                    .map(|(entry_id, at)| {
+                        due_at[*entry_id as usize] = *at;
+                        new_entry(ledger_id, *entry_id, *entry_id as i64 - 1, payload.clone())
+                    })
+                    .collect();
+                stream
+                    .requests
+                    .send(AddRequest { entries, ..AddRequest::default() })
+                    .await
+                    .context("the bookie closed the add stream")?;
+            }
+            response = stream.responses.message() => {
+                let response = response
+                    .context("reading add results")?
+                    .context("the bookie ended the add stream")?;
+                done += record(&response.results, &due_at, &mut outcome);
+                acked.fetch_add(response.results.len() as u64, Ordering::Relaxed);
+            }
+        }
+    }
+    Ok(outcome)
+}
+
+/// Records each result's latency from its start time; returns how many results there were.
+fn record(
+    results: &[magnetar_proto::bookie::AddResult],
+    started: &[Instant],
+    outcome: &mut WriterOutcome,
+) -> u64 {
+    let now = Instant::now();
+    for result in results {
+        if result.code == ErrorCode::Ok as i32 {
+            match started.get(result.entry_id as usize) {
+                Some(start) => outcome
+                    .latencies
+                    .record_us(now.duration_since(*start).as_micros() as u64),
+                None => outcome.failures += 1,
+            }
+        } else {
+            outcome.failures += 1;
+        }
+    }
+    results.len() as u64
+}

@@ -1,0 +1,24 @@
+//! Magnetar's wire protocols and the Rust code generated from them.
+//!
+//! Every service speaks gRPC (tonic) with prost messages; the `.proto` files under `proto/` are
+//! the source of truth and are compiled at build time with a vendored protoc.
+//!
+//! # Layout
+//! - [`bookie`]: the storage node's service (adds, reads, fencing, ledger deletion, info).
+//! - [`meta`]: the metadata store's client and peer services, and its internal records.
+//!
+//! Byte fields are generated as [`bytes::Bytes`](prost::bytes::Bytes) so payloads move through
+//! the servers without copies.
+
+/// The bookie's service: `proto/bookie.proto`.
+pub mod bookie {
+    tonic::include_proto!("magnetar.bookie");
+}
+
+/// The metadata store's services: `proto/meta.proto`.
+pub mod meta {
+    tonic::include_proto!("magnetar.meta");
+}
+
+pub use prost;
+pub use tonic;

@@ -1,0 +1,15 @@
+//! The cluster harness shared by Magnetar's end-to-end tests.
+//!
+//! Tests start every role as a real OS process of the `magnetar` binary on loopback ports,
+//! kill them with SIGKILL when a test calls for a crash, and wait for conditions by polling
+//! with a deadline (never by sleeping a fixed time).
+//!
+//! # Layout
+//! - [`process`]: the `magnetar` binary, child processes that die with the test, free ports.
+//! - [`wait`]: polling with a deadline.
+
+pub mod process;
+pub mod wait;
+
+pub use process::{free_port, magnetar_binary, MagnetarProcess};
+pub use wait::{wait_until, wait_until_async};
