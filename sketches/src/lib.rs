@@ -17,12 +17,13 @@
 //!
 //! # Kinds and their bounds
 //!
-//! HLL, Theta, KLL and frequent items are built on the Apache `datasketches` crate (pinned
-//! `=0.6.0`): their payloads are the DataSketches formats, so the Java, C++ and Python
-//! libraries read our bytes and we read theirs, and items hash as they do there. Count-Min and
-//! Bloom are ours, one hash per update instead of one per row, and measurably faster at the
-//! same error (`magnetar perf sketches`); sampling and windows are ours because the crate has
-//! none. `N` below is the total weight of the stream.
+//! HLL, Theta and KLL are built on the Apache `datasketches` crate (pinned `=0.6.0`): their
+//! payloads are the DataSketches formats, so the Java, C++ and Python libraries read our bytes
+//! and we read theirs, and items hash as they do there. Frequent items speaks the same
+//! DataSketches format but runs on our own table, about twice as fast as the crate's at the
+//! same error. Count-Min and Bloom are ours, one hash per update instead of one per row, and
+//! measurably faster at the same error (`magnetar perf sketches`); sampling and windows are
+//! ours because the crate has none. `N` below is the total weight of the stream.
 //!
 //! ## Count-Min ([`CountMin`])
 //! `width = ceil(e / epsilon)`, `depth = ceil(ln(1 / delta))`. For every item
@@ -158,6 +159,7 @@ pub mod fuzzing;
 pub mod hash;
 pub mod hll;
 pub mod item;
+pub(crate) mod item_table;
 pub mod kind;
 pub mod kll;
 pub mod params;

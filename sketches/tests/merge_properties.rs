@@ -82,13 +82,13 @@ proptest! {
     #[test]
     fn hll_and_theta_merges_answer_like_the_whole(a in part(), b in part(), c in part()) {
         let distinct = exact_counts(&[&a, &b, &c]).len() as f64;
-        let groupings = groupings(&Hll::new(8, 8).unwrap(), &a, &b, &c);
+        let hlls = groupings(&Hll::new(8, 8).unwrap(), &a, &b, &c);
         // The registers of every grouping equal the whole's, but which estimator answers depends
         // on the order: a sketch that saw its stream directly keeps its history (HIP), a union
         // that absorbed a sketch in a sparser mode may not. So each answers within the bound,
         // not to the bit.
-        let bound = 3.0 * groupings[0].relative_standard_error() * distinct.max(1.0) + 1.0;
-        for sketch in &groupings {
+        let bound = 3.0 * hlls[0].relative_standard_error() * distinct.max(1.0) + 1.0;
+        for sketch in &hlls {
             prop_assert!((sketch.estimate() - distinct).abs() <= bound);
         }
         let [left, right, reversed, whole] = groupings(&Theta::new(6).unwrap(), &a, &b, &c);
