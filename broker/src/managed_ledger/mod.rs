@@ -1,0 +1,19 @@
+//! The managed ledger: a topic's log as an ordered list of ledgers, with named cursors, an
+//! entry cache and retention. These modules are the parts that need no I/O; the managed ledger
+//! itself drives them over the ledger client and the metadata store.
+//!
+//! - [`position`]: positions in the log and the ledger layout that orders them.
+//! - [`cursor_state`]: a cursor's mark-delete position and individually acknowledged ranges,
+//!   and their persisted form (with its documented bound).
+//! - [`retention`]: which consumed ledgers may be deleted; when to roll to a new ledger.
+//! - [`entry_cache`]: recent entries for tailing readers, bounded in bytes.
+
+pub mod cursor_state;
+pub mod entry_cache;
+pub mod position;
+pub mod retention;
+
+pub use cursor_state::{CursorState, CursorStateError};
+pub use entry_cache::EntryCache;
+pub use position::{Layout, LedgerSpan, Position};
+pub use retention::{ledgers_to_delete, LedgerInfo, RetentionPolicy, RolloverPolicy};
