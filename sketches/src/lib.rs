@@ -19,9 +19,10 @@
 //!
 //! HLL, Theta and KLL are built on the Apache `datasketches` crate (pinned `=0.6.0`): their
 //! payloads are the DataSketches formats, so the Java, C++ and Python libraries read our bytes
-//! and we read theirs, and items hash as they do there. Frequent items speaks the same
-//! DataSketches format but runs on our own table, about twice as fast as the crate's at the
-//! same error. Count-Min and Bloom are ours, one hash per update instead of one per row, and
+//! and we read theirs, and items hash as they do there. KLL updates run on our own compactor
+//! hierarchy (same capacities and compaction rule; queries and merges on the crate), and
+//! frequent items on our own table in the same DataSketches format: each about twice as fast
+//! as the crate's at the same error. Count-Min and Bloom are ours, one hash per update instead of one per row, and
 //! measurably faster at the same error (`magnetar perf sketches`); sampling and windows are
 //! ours because the crate has none. `N` below is the total weight of the stream.
 //!
@@ -162,6 +163,7 @@ pub mod item;
 pub(crate) mod item_table;
 pub mod kind;
 pub mod kll;
+pub(crate) mod kll_levels;
 pub mod params;
 pub mod registry;
 pub mod reservoir;
