@@ -68,7 +68,7 @@ pub(crate) struct KllLevels {
 
 fn fresh_coin() -> u64 {
     use std::hash::{BuildHasher, RandomState};
-    RandomState::new().hash_one(0x6b6c_6cu64) | 1
+    RandomState::new().hash_one(0x006b_6c6c_u64) | 1
 }
 
 impl KllLevels {
