@@ -14,10 +14,11 @@ use magnetar_bookie::{
 use magnetar_meta::{MetaClient, MetaConfig, MetaServer};
 use magnetar_proto::bookie::AddRequest;
 
+/// Fields drop in order: bookies, then the store, then the directories under them.
 struct Cluster {
-    _dirs: Vec<tempfile::TempDir>,
-    meta: MetaServer,
     bookies: Vec<Option<RunningBookie>>,
+    meta: MetaServer,
+    _dirs: Vec<tempfile::TempDir>,
 }
 
 impl Cluster {
