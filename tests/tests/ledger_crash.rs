@@ -3,6 +3,8 @@
 //!
 //! - A bookie of the ensemble is SIGKILLed while 100,000 entries are written: the writer
 //!   replaces it and goes on, and every acknowledged entry reads back identical.
+//! - A bookie of the ensemble is SIGSTOPped: adds go on with the other two, and the writer
+//!   replaces the silent bookie once it has owed answers for the add timeout.
 //! - The writer process is SIGKILLed mid-stream: recovery closes the ledger with every
 //!   acknowledged entry, and concurrent and later recoveries agree on the last entry.
 //!
@@ -118,6 +120,17 @@ impl Cluster {
         )
     }
 
+    fn signal(&self, address: &str, signal: i32) {
+        let (_, process) = self
+            .bookies
+            .iter()
+            .find(|(candidate, _)| candidate == address)
+            .expect("a bookie of the cluster");
+        let pid = process.pid().expect("a running bookie") as i32;
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(pid, signal) };
+    }
+
     fn kill(&mut self, address: &str) {
         let (_, process) = self
             .bookies
@@ -197,6 +210,89 @@ async fn a_bookie_killed_while_writing_is_replaced_and_nothing_acknowledged_is_l
             );
             next += 1;
         }
+    }
+}
+
+/// Adds `range` pipelined (a bounded window) and checks they complete in order.
+async fn write_entries(
+    writer: &magnetar_bookie::LedgerWriter,
+    seed: u64,
+    range: std::ops::Range<u64>,
+) {
+    let mut pending = VecDeque::new();
+    let mut expected = range.start;
+    for entry in range {
+        pending.push_back(
+            writer
+                .add_pipelined(entry_payload(seed, entry, ENTRY_BYTES))
+                .await
+                .expect("queued"),
+        );
+        if pending.len() >= 2_000 {
+            let add = pending.pop_front().expect("non-empty");
+            assert_eq!(add.await.expect("add succeeds"), expected);
+            expected += 1;
+        }
+    }
+    for add in pending {
+        assert_eq!(add.await.expect("add succeeds"), expected);
+        expected += 1;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_hung_bookie_is_replaced_after_the_add_timeout() {
+    let seed = seed();
+    let mut rng = StdRng::seed_from_u64(seed);
+    let victim_index = rng.random_range(0..3usize);
+    let cluster = Cluster::start(4).await;
+    let client = LedgerClient::new(
+        cluster.meta_client(),
+        LedgerClientConfig {
+            add_timeout: Duration::from_secs(1),
+            rpc_timeout: Duration::from_secs(2),
+            ..LedgerClientConfig::default()
+        },
+    );
+    let writer = client
+        .create(LedgerOptions::default())
+        .await
+        .expect("create");
+    let ledger_id = writer.ledger_id();
+    let (metadata, _) = client.read_metadata(ledger_id).await.expect("metadata");
+    let victim = metadata.segments[0].bookies[victim_index].clone();
+    write_entries(&writer, seed, 0..2_000).await;
+    println!("SIGSTOP {victim}");
+    cluster.signal(&victim, libc::SIGSTOP);
+    // Qa = 2 of the others: adds still complete while the victim is silent.
+    write_entries(&writer, seed, 2_000..4_000).await;
+    let meta_client = client.clone();
+    wait_until_async(
+        "the silent bookie to leave the ensemble",
+        Duration::from_secs(30),
+        || {
+            let client = meta_client.clone();
+            let victim = victim.clone();
+            async move {
+                let (metadata, _) = client.read_metadata(ledger_id).await.ok()?;
+                (!metadata.last_segment().bookies.contains(&victim)).then_some(())
+            }
+        },
+    )
+    .await
+    .expect("the hung bookie is replaced");
+    write_entries(&writer, seed, 4_000..5_000).await;
+    let closed = writer.close().await.expect("close");
+    cluster.signal(&victim, libc::SIGCONT);
+    assert_eq!(closed.last_entry_id, 4_999);
+    let reader = client.open(ledger_id).await.expect("open");
+    let entries = reader.read(0, 4_999).await.expect("read");
+    assert_eq!(entries.len(), 5_000);
+    for (entry_id, entry) in entries.iter().enumerate() {
+        assert_eq!(
+            entry.payload,
+            entry_payload(seed, entry_id as u64, ENTRY_BYTES)
+        );
     }
 }
 
