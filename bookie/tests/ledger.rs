@@ -14,10 +14,11 @@ use magnetar_bookie::{
 use magnetar_meta::{MetaClient, MetaConfig, MetaServer};
 use magnetar_proto::bookie::AddRequest;
 
+/// Fields drop in order: bookies, then the store, then the directories under them.
 struct Cluster {
-    _dirs: Vec<tempfile::TempDir>,
-    meta: MetaServer,
     bookies: Vec<Option<RunningBookie>>,
+    meta: MetaServer,
+    _dirs: Vec<tempfile::TempDir>,
 }
 
 impl Cluster {
@@ -325,6 +326,61 @@ async fn recovery_ends_at_the_first_missing_entry() {
         .expect("recover empty");
     assert_eq!(reader.metadata().last_entry_id, -1);
     assert_eq!(reader.metadata().length, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn recovery_replaces_a_bookie_that_missed_the_fence() {
+    let mut cluster = Cluster::start(4).await;
+    let client = cluster.client();
+    let writer = client
+        .create(LedgerOptions::default())
+        .await
+        .expect("create");
+    let ledger_id = writer.ledger_id();
+    add_range(&writer, 0..200).await;
+    // The writer dies first (so it makes no ensemble change of its own), then a bookie.
+    drop(writer);
+    let (metadata, _) = client.read_metadata(ledger_id).await.expect("metadata");
+    let dead = metadata.segments[0].bookies[0].clone();
+    cluster.stop_bookie(cluster.index_of(&dead)).await;
+
+    let reader = cluster.client().recover(ledger_id).await.expect("recover");
+    let closed = reader.metadata();
+    assert_eq!(closed.state, LedgerState::Closed);
+    assert_eq!(closed.last_entry_id, 199);
+    assert_eq!(closed.length, length_of(200));
+    check_entries(&reader, 200).await;
+    // Whatever tail recovery wrote again went to a bookie that is alive.
+    if closed.segments.len() > 1 {
+        assert!(!closed.last_segment().bookies.contains(&dead));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn recovery_needs_enough_fenced_bookies() {
+    let mut cluster = Cluster::start(3).await;
+    let client = cluster.client();
+    let writer = client
+        .create(LedgerOptions::default())
+        .await
+        .expect("create");
+    let ledger_id = writer.ledger_id();
+    add_range(&writer, 0..10).await;
+    drop(writer);
+    // With 3/3/2, two of three bookies must be fenced; with one left recovery must refuse
+    // rather than guess, and leave the ledger for a later attempt.
+    cluster.stop_bookie(0).await;
+    cluster.stop_bookie(1).await;
+    match cluster.client().recover(ledger_id).await {
+        Err(LedgerError::RecoveryIncomplete { .. }) => {}
+        Err(other) => panic!("recovery with one bookie: {other}"),
+        Ok(reader) => panic!(
+            "recovery with one bookie closed at {}",
+            reader.metadata().last_entry_id
+        ),
+    }
+    let (metadata, _) = client.read_metadata(ledger_id).await.expect("metadata");
+    assert_eq!(metadata.state, LedgerState::InRecovery);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

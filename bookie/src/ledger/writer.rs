@@ -155,6 +155,11 @@ struct BookieLink {
     address: String,
     generation: u64,
     requests: mpsc::Sender<AddRequest>,
+    /// Entries sent and not answered yet.
+    unanswered: usize,
+    /// Since when the bookie has owed answers without giving any. A bookie past Qa can hang
+    /// without holding any add back; this is how it is noticed and replaced all the same.
+    waiting_since: Option<Instant>,
 }
 
 enum Event {
@@ -356,6 +361,8 @@ impl WriterTask {
             address,
             generation,
             requests,
+            unanswered: 0,
+            waiting_since: None,
         })
     }
 
@@ -497,6 +504,12 @@ impl WriterTask {
         if !chunk.is_empty() {
             send(chunk)?;
         }
+        if let Some(link) = self.links.get_mut(index) {
+            link.unanswered += ids.len();
+            if !ids.is_empty() && link.waiting_since.is_none() {
+                link.waiting_since = Some(Instant::now());
+            }
+        }
         Ok(())
     }
 
@@ -510,9 +523,14 @@ impl WriterTask {
                 generation,
                 results,
             } => {
-                if self.links.get(index).map(|link| link.generation) != Some(generation) {
+                let Some(link) = self.links.get_mut(index) else {
+                    return;
+                };
+                if link.generation != generation {
                     return;
                 }
+                link.unanswered = link.unanswered.saturating_sub(results.len());
+                link.waiting_since = (link.unanswered > 0).then(Instant::now);
                 let mut broken = None;
                 for result in results {
                     if result.ledger_id != self.ledger_id {
@@ -560,13 +578,22 @@ impl WriterTask {
             return;
         }
         let timeout = self.client.config.add_timeout;
-        let Some(front) = self.pending.front() else {
-            return;
+        // Bookies that hold back the first pending add, and bookies silent while owing
+        // answers (even when the others' acks let adds complete without them).
+        let mut late: Vec<usize> = match self.pending.front() {
+            Some(front) if front.sent_at.elapsed() >= timeout => self.tracker.laggards_of_first(),
+            _ => Vec::new(),
         };
-        if front.sent_at.elapsed() < timeout {
-            return;
+        for (index, link) in self.links.iter().enumerate() {
+            if link
+                .waiting_since
+                .is_some_and(|since| since.elapsed() >= timeout)
+                && !late.contains(&index)
+            {
+                late.push(index);
+            }
         }
-        for index in self.tracker.laggards_of_first() {
+        for index in late {
             self.replace_bookie(index, format!("no answer within {timeout:?}"))
                 .await;
         }
