@@ -13,8 +13,6 @@ use magnetar_broker::managed_ledger::{
 use magnetar_meta::{MetaClient, MetaConfig, MetaServer};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use rand::rngs::StdRng;
-use rand::{Rng, SeedableRng};
 
 /// Polls `condition` until it holds; fails the test with `what` after `timeout`.
 async fn wait_until<F, Fut>(timeout: Duration, what: &str, mut condition: F)
@@ -93,37 +91,6 @@ impl Cluster {
         )
     }
 
-    async fn stop_bookie(&mut self, index: usize) {
-        if let Some(bookie) = self.bookies[index].take() {
-            bookie.shutdown().await.expect("bookie stops");
-        }
-    }
-
-    async fn restart_bookie(&mut self, index: usize) {
-        if self.bookies[index].is_some() {
-            return;
-        }
-        // In one process the stopped bookie's RocksDB lock is released only once the last
-        // request task holding its storage ends; retry until then.
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-        loop {
-            let config = bookie_config(self.bookie_dirs[index].path(), self.meta.endpoint());
-            match RunningBookie::start(config).await {
-                Ok(bookie) => {
-                    self.bookies[index] = Some(bookie);
-                    return;
-                }
-                Err(error) => {
-                    assert!(
-                        tokio::time::Instant::now() < deadline,
-                        "bookie {index} does not restart: {error}"
-                    );
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-            }
-        }
-    }
-
     /// Bytes of entry-log files on every running bookie.
     fn entry_log_bytes(&self) -> u64 {
         let mut total = 0;
@@ -175,7 +142,11 @@ async fn read_all(log: &ManagedLedger) -> Vec<(Position, Bytes)> {
             return entries;
         };
         next = Position::new(last.position.ledger_id, last.position.entry_id + 1);
-        entries.extend(batch.into_iter().map(|entry| (entry.position, entry.payload)));
+        entries.extend(
+            batch
+                .into_iter()
+                .map(|entry| (entry.position, entry.payload)),
+        );
     }
 }
 
@@ -296,10 +267,14 @@ async fn a_second_owner_fences_the_first_and_nothing_acknowledged_is_lost() {
         }
         (accepted, refusal)
     });
-    wait_until(Duration::from_secs(10), "the first owner is mid-stream", || {
-        let appended = appended.clone();
-        async move { appended.load(Ordering::Relaxed) >= 20 }
-    })
+    wait_until(
+        Duration::from_secs(10),
+        "the first owner is mid-stream",
+        || {
+            let appended = appended.clone();
+            async move { appended.load(Ordering::Relaxed) >= 20 }
+        },
+    )
     .await;
     let second = ManagedLedger::open(cluster.client(), name, config(1000))
         .await
@@ -344,7 +319,10 @@ async fn a_second_owner_fences_the_first_and_nothing_acknowledged_is_lost() {
             );
         }
     }
-    assert!(log.next().is_none(), "entries after the last acknowledged one");
+    assert!(
+        log.next().is_none(),
+        "entries after the last acknowledged one"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -370,7 +348,10 @@ async fn retention_deletes_exactly_the_consumed_ledgers_and_bookies_shrink() {
     log.ack_cumulative("fast", positions[199]).expect("ack");
     // The slow cursor has consumed the first ledger and part of the third.
     log.ack_cumulative("slow", positions[120]).expect("ack");
-    assert_eq!(log.trim().await.expect("trim"), vec![ledgers[0], ledgers[1]]);
+    assert_eq!(
+        log.trim().await.expect("trim"),
+        vec![ledgers[0], ledgers[1]]
+    );
     assert_eq!(log.ledger_ids(), ledgers[2..].to_vec());
     // Entries still in the log read back; the deleted ones are gone from the metadata.
     let read = read_all(&log).await;
@@ -394,82 +375,5 @@ async fn retention_deletes_exactly_the_consumed_ledgers_and_bookies_shrink() {
     for bookie in cluster.bookies.iter().flatten() {
         let found = bookie.storage().find_entry(ledgers[0], 0).ok().flatten();
         assert!(found.is_none());
-    }
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn randomised_appends_kills_rollovers_and_reopens_keep_the_log_exact() {
-    let seed = std::env::var("MAGNETAR_SEED")
-        .ok()
-        .and_then(|text| text.parse().ok())
-        .unwrap_or_else(rand::random::<u64>);
-    println!("seed {seed} (replay with MAGNETAR_SEED={seed})");
-    let mut random = StdRng::seed_from_u64(seed);
-    let mut cluster = Cluster::start(5).await;
-    let name = "public/default/random";
-    let mut log = ManagedLedger::open(cluster.client(), name, config(30))
-        .await
-        .expect("open");
-    let mut acknowledged: Vec<(Position, Bytes)> = Vec::new();
-    let mut stopped: Option<usize> = None;
-    for step in 0..14 {
-        match random.random_range(0..4) {
-            0 | 1 => {
-                let count = random.random_range(1..60);
-                let base = acknowledged.len();
-                let appends = (0..count).map(|offset| {
-                    let log = log.clone();
-                    async move {
-                        let bytes = payload(base + offset, 200);
-                        let position = log.append(bytes.clone()).await;
-                        (position, bytes)
-                    }
-                });
-                for (position, bytes) in futures::future::join_all(appends).await {
-                    let position = position.unwrap_or_else(|error| {
-                        panic!("seed {seed} step {step}: append failed: {error}")
-                    });
-                    acknowledged.push((position, bytes));
-                }
-                acknowledged.sort_by_key(|(position, _)| *position);
-                println!("step {step}: appended {count}");
-            }
-            2 => match stopped.take() {
-                Some(index) => {
-                    cluster.restart_bookie(index).await;
-                    println!("step {step}: restarted bookie {index}");
-                }
-                None => {
-                    let index = random.random_range(0..5);
-                    cluster.stop_bookie(index).await;
-                    stopped = Some(index);
-                    println!("step {step}: stopped bookie {index}");
-                }
-            },
-            _ => {
-                if random.random_bool(0.5) {
-                    log.close().await.expect("close");
-                    println!("step {step}: closed and reopened");
-                } else {
-                    println!("step {step}: abandoned and reopened");
-                }
-                drop(log);
-                log = ManagedLedger::open(cluster.client(), name, config(30))
-                    .await
-                    .unwrap_or_else(|error| panic!("seed {seed} step {step}: reopen: {error}"));
-            }
-        }
-        let read = read_all(&log).await;
-        assert_eq!(
-            read.len(),
-            acknowledged.len(),
-            "seed {seed} step {step}: entry count"
-        );
-        if let Some(index) = (0..read.len()).find(|&index| read[index] != acknowledged[index]) {
-            panic!(
-                "seed {seed} step {step}: entry {index} is {} but {} was acknowledged",
-                read[index].0, acknowledged[index].0
-            );
-        }
     }
 }

@@ -35,9 +35,7 @@ use super::entry_cache::EntryCache;
 use super::error::{ManagedLedgerError, ManagedLedgerResult};
 use super::position::{Layout, Position};
 use super::retention::{ledgers_to_delete, RetentionPolicy, RolloverPolicy};
-use super::stored::{
-    cursor_key, cursor_prefix, log_key, validate_name, StoredLedger, StoredLog,
-};
+use super::stored::{cursor_key, cursor_prefix, log_key, validate_name, StoredLedger, StoredLog};
 
 /// How the log is written, rolled, kept and cached. Every field has a working default.
 #[derive(Debug, Clone)]
@@ -133,13 +131,21 @@ impl State {
     }
 
     fn current_ledger_id(&self) -> u64 {
-        self.log.ledgers.last().map(|ledger| ledger.ledger_id).unwrap_or(0)
+        self.log
+            .ledgers
+            .last()
+            .map(|ledger| ledger.ledger_id)
+            .unwrap_or(0)
     }
 
     /// The first position still in the log (before its first entry).
     fn earliest(&self) -> Position {
         Position::before_ledger(
-            self.log.ledgers.first().map(|ledger| ledger.ledger_id).unwrap_or(0),
+            self.log
+                .ledgers
+                .first()
+                .map(|ledger| ledger.ledger_id)
+                .unwrap_or(0),
         )
     }
 }
@@ -371,10 +377,7 @@ impl ManagedLedger {
             return Ok(reader.clone());
         }
         let reader = Arc::new(self.inner.client.open(ledger_id).await?);
-        self.inner
-            .readers
-            .lock()
-            .insert(ledger_id, reader.clone());
+        self.inner.readers.lock().insert(ledger_id, reader.clone());
         Ok(reader)
     }
 
@@ -568,7 +571,10 @@ async fn take_ownership(
         {
             Ok(new_version) => return Ok((log, new_version, writer)),
             Err(MetaError::VersionConflict { .. }) => {
-                warn!(name, attempt, "another broker changed the log while opening; retrying");
+                warn!(
+                    name,
+                    attempt, "another broker changed the log while opening; retrying"
+                );
                 discard_ledger(client, writer).await;
                 last_error = Some(ManagedLedgerError::Fenced {
                     name: name.to_string(),
@@ -624,11 +630,12 @@ async fn load_cursors(
     let mut cursors = BTreeMap::new();
     for kv in client.meta().list_all(&prefix).await? {
         let cursor = kv.key[prefix.len()..].to_string();
-        let state =
-            CursorState::decode(&kv.value).map_err(|error| ManagedLedgerError::CorruptMetadata {
+        let state = CursorState::decode(&kv.value).map_err(|error| {
+            ManagedLedgerError::CorruptMetadata {
                 key: kv.key.clone(),
                 reason: error.to_string(),
-            })?;
+            }
+        })?;
         cursors.insert(
             cursor,
             CursorEntry {
@@ -660,7 +667,12 @@ async fn flush_dirty_cursors(inner: &Inner) -> ManagedLedgerResult<()> {
     };
     for (cursor, bytes, version) in dirty {
         let key = cursor_key(&inner.name, &cursor);
-        match inner.client.meta().put_if_version(&key, bytes, version).await {
+        match inner
+            .client
+            .meta()
+            .put_if_version(&key, bytes, version)
+            .await
+        {
             Ok(new_version) => {
                 if let Some(entry) = inner.state.lock().cursors.get_mut(&cursor) {
                     entry.version = new_version;
@@ -1005,7 +1017,8 @@ impl Appender {
             let slowest = state.cursors.values().map(|c| c.state.mark_delete()).min();
             let doomed = ledgers_to_delete(&infos, slowest, self.inner.config.retention, now_ms());
             let mut log = state.log.clone();
-            log.ledgers.retain(|ledger| !doomed.contains(&ledger.ledger_id));
+            log.ledgers
+                .retain(|ledger| !doomed.contains(&ledger.ledger_id));
             (log, state.log_version, doomed)
         };
         if doomed.is_empty() {

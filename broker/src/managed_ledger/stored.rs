@@ -97,7 +97,11 @@ impl StoredLog {
                 log.format
             )));
         }
-        if log.ledgers.windows(2).any(|pair| pair[0].ledger_id >= pair[1].ledger_id) {
+        if log
+            .ledgers
+            .windows(2)
+            .any(|pair| pair[0].ledger_id >= pair[1].ledger_id)
+        {
             return Err(corrupt("ledger ids are not increasing".into()));
         }
         Ok(log)
@@ -111,9 +115,7 @@ impl StoredLog {
                 .iter()
                 .map(|ledger| LedgerSpan {
                     ledger_id: ledger.ledger_id,
-                    last_entry_id: ledger
-                        .closed_at_ms
-                        .map(|_| ledger.entries as i64 - 1),
+                    last_entry_id: ledger.closed_at_ms.map(|_| ledger.entries as i64 - 1),
                 })
                 .collect(),
         )
