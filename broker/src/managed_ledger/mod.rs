@@ -3,7 +3,7 @@
 //!
 //! - [`ledger`]: [`ManagedLedger`]: ownership, appends, rollover, reads, cursors, retention.
 //! - [`stored`]: what is kept in the metadata store, and under which keys.
-//! - [`error`]: [`ManagedLedgerError`].
+//! - [`error`]: [`ManagedLedgerError`], the stable failures.
 //!
 //! The parts without I/O:
 //! - [`position`]: positions in the log and the ledger layout that orders them.
