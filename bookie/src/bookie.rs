@@ -18,6 +18,7 @@ use crate::config::BookieConfig;
 use crate::disk::disk_space;
 use crate::error::{BookieError, Result};
 use crate::journal::{Journal, JournalSettings};
+use crate::ledger::registration::{Registration, RegistrationConfig};
 use crate::server::{BookieCore, BookieService};
 use crate::storage::{LedgerStorage, ReplayReport};
 
@@ -40,6 +41,8 @@ pub struct RunningBookie {
     /// Dropping these wakes the compactor and disk monitor so they exit.
     wakeups: Vec<std::sync::mpsc::Sender<()>>,
     compactor_wakeup: std::sync::mpsc::Sender<()>,
+    /// The bookie's entry in the metadata store, when it was given one.
+    registration: Option<Registration>,
     _directory_lock: File,
 }
 
@@ -129,6 +132,37 @@ impl RunningBookie {
             replayed_entries = replay.entries,
             "bookie serving"
         );
+        // Registered only once serving, so a client never picks a bookie it cannot reach.
+        let registration = if config.meta_endpoints.is_empty() {
+            None
+        } else {
+            let address = if config.advertise_address.is_empty() {
+                local_addr.to_string()
+            } else {
+                config.advertise_address.clone()
+            };
+            let storage = core.storage.clone();
+            let registered = Registration::start(
+                RegistrationConfig {
+                    meta_endpoints: config.meta_endpoints.clone(),
+                    address,
+                    rack: config.rack.clone(),
+                    data_dir: config.data_dir.clone(),
+                    session_ttl: config.registration_ttl,
+                    refresh_interval: (config.registration_ttl / 2)
+                        .max(std::time::Duration::from_millis(50)),
+                },
+                move || storage.read_only_state().is_read_only(),
+            )
+            .await
+            .map_err(|error| {
+                BookieError::io(
+                    "registering in the metadata store",
+                    std::io::Error::other(error.to_string()),
+                )
+            })?;
+            Some(registered)
+        };
         Ok(Self {
             core,
             local_addr,
@@ -138,6 +172,7 @@ impl RunningBookie {
             background,
             wakeups: vec![disk_wakeup],
             compactor_wakeup,
+            registration,
             _directory_lock: directory_lock,
         })
     }
@@ -165,6 +200,10 @@ impl RunningBookie {
     /// server, flushes the write cache, and joins every thread.
     pub async fn shutdown(mut self) -> Result<()> {
         info!("bookie shutting down");
+        // Leave the list of bookies first, so no new ensemble picks a stopping bookie.
+        if let Some(registration) = self.registration.take() {
+            registration.stop().await;
+        }
         self.core.storage.begin_stop();
         // Adds queued before the stop are answered: nothing acknowledged is lost, nothing queued
         // is left unanswered.

@@ -61,6 +61,16 @@ pub struct BookieConfig {
     pub max_long_poll: Duration,
     /// Default cap on the payload bytes of one ReadEntry response.
     pub max_read_bytes: u64,
+    /// Metadata store endpoints (`host:port`). When set, the bookie registers itself under
+    /// `/bookies/available/<address>` so ledger clients can place ensembles on it.
+    pub meta_endpoints: Vec<String>,
+    /// Address published in the registration; empty = the bound listen address.
+    pub advertise_address: String,
+    /// Rack (failure domain) label published in the registration.
+    pub rack: String,
+    /// TTL of the registration's session: how long a dead bookie stays listed.
+    #[serde(with = "duration_ms")]
+    pub registration_ttl: Duration,
 }
 
 impl Default for BookieConfig {
@@ -84,6 +94,10 @@ impl Default for BookieConfig {
             max_in_flight_requests_per_stream: 1024,
             max_long_poll: Duration::from_secs(30),
             max_read_bytes: 4 * 1024 * 1024,
+            meta_endpoints: Vec::new(),
+            advertise_address: String::new(),
+            rack: String::new(),
+            registration_ttl: Duration::from_secs(6),
         }
     }
 }
@@ -141,6 +155,9 @@ impl BookieConfig {
                 "flush_interval/disk_check_interval",
                 "must be greater than zero".into(),
             );
+        }
+        if !self.meta_endpoints.is_empty() && self.registration_ttl < Duration::from_millis(100) {
+            return invalid("registration_ttl", "must be at least 100 ms".into());
         }
         Ok(())
     }

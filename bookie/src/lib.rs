@@ -3,8 +3,8 @@
 //! A ledger is an append-only sequence of entries with a single writer. A bookie stores the
 //! entries it is sent, acknowledging each only once it is on disk (journal, group commit,
 //! fdatasync), serves reads, and fences a ledger on request so a crashed writer's successor can
-//! close it safely. Replication across bookies is the ledger client's job; a bookie knows only
-//! its own copy.
+//! close it safely. Replication across bookies is the job of the ledger client (module
+//! [`ledger`], used by the broker); a bookie knows only its own copy.
 //!
 //! Write path: gRPC `AddEntries` -> checks (size, CRC32C, token, fencing) -> journal queue ->
 //! one write + one fdatasync per group -> write cache -> answer. In the background the flusher
@@ -26,6 +26,9 @@
 //! - [`server`]: the gRPC service.
 //! - [`bookie`]: [`RunningBookie`], start and orderly shutdown.
 //! - [`client`]: [`BookieClient`] for one bookie.
+//! - [`ledger`]: the ledger client ([`LedgerClient`]): bookie registration, ensemble
+//!   placement, quorum logic, the single writer with ensemble changes, readers, recovery with
+//!   fencing, deletion. Everything that replicates a ledger across bookies lives there.
 
 pub mod bookie;
 pub mod client;
@@ -38,6 +41,7 @@ pub mod error;
 pub mod index;
 pub mod journal;
 pub mod journal_record;
+pub mod ledger;
 pub mod server;
 pub mod storage;
 pub mod write_cache;
@@ -47,3 +51,7 @@ pub use client::{AddStream, BookieClient, LacReading};
 pub use config::BookieConfig;
 pub use entry::{entry_checksum_ok, entry_crc32c, new_entry};
 pub use error::{BookieError, Result};
+pub use ledger::{
+    LedgerClient, LedgerClientConfig, LedgerEntry, LedgerError, LedgerMetadata, LedgerOptions,
+    LedgerReader, LedgerState, LedgerWriter,
+};

@@ -3,7 +3,7 @@
 //! the HTTP admin API. Every durable fact lives in bookies and the metadata store.
 //!
 //! # Layout
-//! - [`managed_ledger`]: a topic's log: positions, cursor acknowledgement state, retention,
-//!   rollover and the entry cache.
+//! - [`managed_ledger`]: a topic's log over the ledger client: ownership and fencing, appends,
+//!   rollover, cursors and their persistence, retention and the entry cache.
 
 pub mod managed_ledger;

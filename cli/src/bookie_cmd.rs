@@ -30,6 +30,19 @@ pub struct BookieArgs {
     /// Turn read-only below this much free disk space, in bytes.
     #[arg(long)]
     pub min_free_space_bytes: Option<u64>,
+    /// Metadata store endpoints (`host:port`, comma-separated): register there so ledger
+    /// clients can place ensembles on this bookie.
+    #[arg(long, value_delimiter = ',')]
+    pub meta: Vec<String>,
+    /// Address to publish in the registration (default: the bound listen address).
+    #[arg(long)]
+    pub advertise_address: Option<String>,
+    /// Rack (failure domain) label to publish in the registration.
+    #[arg(long)]
+    pub rack: Option<String>,
+    /// Registration session TTL in milliseconds: how long a dead bookie stays listed.
+    #[arg(long)]
+    pub registration_ttl_ms: Option<u64>,
 }
 
 impl BookieArgs {
@@ -61,6 +74,18 @@ impl BookieArgs {
         }
         if let Some(bytes) = self.min_free_space_bytes {
             config.min_free_space_bytes = bytes;
+        }
+        if !self.meta.is_empty() {
+            config.meta_endpoints = self.meta.clone();
+        }
+        if let Some(address) = &self.advertise_address {
+            config.advertise_address = address.clone();
+        }
+        if let Some(rack) = &self.rack {
+            config.rack = rack.clone();
+        }
+        if let Some(ttl_ms) = self.registration_ttl_ms {
+            config.registration_ttl = std::time::Duration::from_millis(ttl_ms);
         }
         config
             .validate()

@@ -7,9 +7,14 @@
 //! # Layout
 //! - [`process`]: the `magnetar` binary, child processes that die with the test, free ports.
 //! - [`wait`]: polling with a deadline.
+//! - [`payload`]: deterministic entry payloads writers and checkers agree on.
+//!
+//! The `ledger_writer` binary (`src/bin/`) is a ledger writer to kill mid-stream.
 
+pub mod payload;
 pub mod process;
 pub mod wait;
 
+pub use payload::entry_payload;
 pub use process::{free_port, magnetar_binary, MagnetarProcess};
 pub use wait::{wait_until, wait_until_async};
