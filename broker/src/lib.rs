@@ -5,5 +5,12 @@
 //! # Layout
 //! - [`managed_ledger`]: a topic's log over the ledger client: ownership and fencing, appends,
 //!   rollover, cursors and their persistence, retention and the entry cache.
+//! - [`topic_name`]: Pulsar's topic names, bare names and partitions.
+//! - [`dispatch`]: which consumer gets the next message, for each subscription type.
 
+pub mod dispatch;
 pub mod managed_ledger;
+pub mod topic_name;
+
+pub use dispatch::{ConsumerSlot, Dispatcher, SubscriptionType};
+pub use topic_name::{InvalidTopicName, TopicName};
