@@ -7,7 +7,9 @@
 //!   rollover, cursors and their persistence, retention and the entry cache.
 //! - [`topic_name`]: Pulsar's topic names, bare names and partitions.
 //! - [`dispatch`]: which consumer gets the next message, for each subscription type.
+//! - [`bundles`]: a namespace's hash ranges, the unit of topic ownership.
 
+pub mod bundles;
 pub mod dispatch;
 pub mod managed_ledger;
 pub mod topic_name;
