@@ -8,8 +8,10 @@
 //! - [`topic_name`]: Pulsar's topic names, bare names and partitions.
 //! - [`dispatch`]: which consumer gets the next message, for each subscription type.
 //! - [`bundles`]: a namespace's hash ranges, the unit of topic ownership.
+//! - [`dedup`]: producer sequence ids, so a resent message is stored once.
 
 pub mod bundles;
+pub mod dedup;
 pub mod dispatch;
 pub mod managed_ledger;
 pub mod topic_name;
