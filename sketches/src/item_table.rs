@@ -28,6 +28,8 @@ pub(crate) fn capacity_for(lg_length: u8) -> usize {
 #[derive(Debug)]
 pub(crate) struct ItemTable {
     lg_length: u8,
+    /// The process's hash key, copied here so lookups need no shared read.
+    key: u64,
     /// The item's hash with the top bit forced on, or 0 for an empty slot.
     hashes: Vec<u64>,
     counts: Vec<u64>,
@@ -56,6 +58,7 @@ impl ItemTable {
         let length = 1usize << lg_length;
         Self {
             lg_length,
+            key: hash_key(),
             hashes: vec![0; length],
             counts: vec![0; length],
             items: vec![String::new(); length],
@@ -86,7 +89,7 @@ impl ItemTable {
     /// below capacity (by growing or purging) before the next call.
     #[inline]
     pub(crate) fn add(&mut self, text: &str, count: u64) {
-        let hash = text_hash(text);
+        let hash = text_hash_with(self.key, text);
         let mask = self.mask();
         let mut slot = hash as usize & mask;
         loop {
@@ -110,7 +113,7 @@ impl ItemTable {
 
     /// The count of `text`, 0 when it has no entry.
     pub(crate) fn get(&self, text: &str) -> u64 {
-        let hash = text_hash(text);
+        let hash = text_hash_with(self.key, text);
         let mask = self.mask();
         let mut slot = hash as usize & mask;
         loop {
@@ -218,22 +221,56 @@ fn hash_key() -> u64 {
 /// bits, which pick the slot, untouched.
 #[inline]
 pub(crate) fn text_hash(text: &str) -> u64 {
+    text_hash_with(hash_key(), text)
+}
+
+/// [`text_hash`] with the key passed in, so a table reads it once rather than per item.
+#[inline]
+fn text_hash_with(key: u64, text: &str) -> u64 {
     const MULTIPLIER: u64 = 0x9e37_79b9_7f4a_7c15;
     let bytes = text.as_bytes();
-    let mut state = hash_key() ^ (bytes.len() as u64).wrapping_mul(MULTIPLIER);
+    let length = bytes.len();
+    let mut state = key ^ (length as u64).wrapping_mul(MULTIPLIER);
     let mut chunks = bytes.chunks_exact(8);
     for chunk in &mut chunks {
-        let mut word = [0u8; 8];
-        word.copy_from_slice(chunk);
-        state = mix(state ^ u64::from_le_bytes(word));
+        state = mix(state ^ read_u64(chunk));
     }
     let rest = chunks.remainder();
-    if !rest.is_empty() {
-        let mut word = [0u8; 8];
-        word[..rest.len()].copy_from_slice(rest);
-        state = mix(state ^ u64::from_le_bytes(word));
+    // The tail is read with fixed-size loads (overlapping the last full word when there is
+    // one) rather than copied byte by byte: short items are the common case.
+    let tail = match rest.len() {
+        0 => None,
+        _ if length >= 8 => Some(read_u64(&bytes[length - 8..])),
+        4..=7 => {
+            let low = u64::from(read_u32(rest));
+            let high = u64::from(read_u32(&rest[rest.len() - 4..]));
+            Some(low | (high << 32))
+        }
+        _ => {
+            let first = u64::from(rest[0]);
+            let middle = u64::from(rest[rest.len() / 2]);
+            let last = u64::from(rest[rest.len() - 1]);
+            Some(first | (middle << 8) | (last << 16))
+        }
+    };
+    if let Some(word) = tail {
+        state = mix(state ^ word);
     }
     finish(state) | (1 << 63)
+}
+
+#[inline]
+fn read_u64(bytes: &[u8]) -> u64 {
+    let mut word = [0u8; 8];
+    word.copy_from_slice(&bytes[..8]);
+    u64::from_le_bytes(word)
+}
+
+#[inline]
+fn read_u32(bytes: &[u8]) -> u32 {
+    let mut word = [0u8; 4];
+    word.copy_from_slice(&bytes[..4]);
+    u32::from_le_bytes(word)
 }
 
 /// One multiply-fold round: the full 128-bit product folded to 64 bits.
