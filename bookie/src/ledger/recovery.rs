@@ -115,11 +115,16 @@ async fn recover_once(
     let mut next = (lac + 1) as u64;
     let last_entry_id = 'scan: loop {
         let window: Vec<u64> = (next..next + PROBE_WINDOW).collect();
-        let probes = join_all(
-            window
-                .iter()
-                .map(|&entry_id| probe(client, quorums, &segment.bookies, ledger_id, entry_id)),
-        )
+        let probes = join_all(window.iter().map(|&entry_id| {
+            probe(
+                client,
+                quorums,
+                &segment.bookies,
+                &answered,
+                ledger_id,
+                entry_id,
+            )
+        }))
         .await;
         let mut verdicts = Vec::with_capacity(probes.len());
         for (verdict, entry) in probes {
@@ -209,16 +214,20 @@ async fn recover_once(
     }
 }
 
-/// Asks every bookie of an entry's write set for it: (verdict, the entry when present).
+/// Asks the fenced bookies of an entry's write set for it: (verdict, the entry when
+/// present). Bookies that missed the fence are not asked: they could only add "unknown" and
+/// a hung one would cost a timeout per entry.
 async fn probe(
     client: &LedgerClient,
     quorums: Quorums,
     bookies: &[String],
+    fenced: &[bool],
     ledger_id: u64,
     entry_id: u64,
 ) -> (EntryVerdict, Option<Entry>) {
     let timeout = client.config.rpc_timeout;
-    let reads = join_all(quorums.write_set(entry_id).map(|index| {
+    let asked = quorums.write_set(entry_id).filter(|&index| fenced[index]);
+    let reads = join_all(asked.map(|index| {
         let address = &bookies[index];
         async move {
             let bookie = client.bookies.get(address, timeout).await?;
