@@ -94,6 +94,24 @@ fn payload(entry: u64) -> Bytes {
     ))
 }
 
+/// Polls `attempt` until it gives a value or `timeout` passes.
+async fn wait_for<T, F, Fut>(timeout: Duration, mut attempt: F) -> Option<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        if let Some(value) = attempt().await {
+            return Some(value);
+        }
+        if std::time::Instant::now() >= deadline {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// Adds `range` pipelined and checks each completes with the expected id.
 async fn add_range(writer: &magnetar_bookie::LedgerWriter, range: std::ops::Range<u64>) {
     let mut pending = Vec::new();
@@ -430,4 +448,92 @@ async fn bookies_register_and_leave() {
         Err(other) => panic!("create with two bookies: {other}"),
         Ok(_) => panic!("create with two bookies succeeded"),
     }
+}
+
+/// Seeded mix of adds, bookie stops and restarts, ending in a close or a recovery: every
+/// acknowledged entry must read back, in order, with its bytes. Replay with
+/// `MAGNETAR_LEDGER_SEED=<n>`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn random_bookie_failures_never_lose_acknowledged_entries() {
+    let seed = std::env::var("MAGNETAR_LEDGER_SEED")
+        .ok()
+        .and_then(|text| text.parse().ok())
+        .unwrap_or_else(rand::random::<u64>);
+    println!("seed {seed} (replay with MAGNETAR_LEDGER_SEED={seed})");
+    random_scenario(seed).await;
+}
+
+/// Once failed with "not enough bookies": a writer excluded restarted bookies forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn regression_restarted_bookies_can_be_chosen_again() {
+    random_scenario(3131867741751610258).await;
+}
+
+async fn random_scenario(seed: u64) {
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let mut cluster = Cluster::start(5).await;
+    // A stopped bookie restarts on its data directory and address, as a real one would.
+    let configs: Vec<magnetar_bookie::BookieConfig> = (0..5)
+        .map(|index| {
+            let mut config = common::small_config(cluster._dirs[index + 1].path());
+            config.listen = cluster.bookies[index]
+                .as_ref()
+                .expect("running")
+                .local_addr();
+            config.meta_endpoints = vec![cluster.meta.endpoint().to_string()];
+            config.registration_ttl = Duration::from_secs(2);
+            config
+        })
+        .collect();
+    let client = cluster.client();
+    let writer = client
+        .create(LedgerOptions::default())
+        .await
+        .expect("create");
+    let ledger_id = writer.ledger_id();
+    let mut written = 0u64;
+    for step in 0..12 {
+        let count = rng.random_range(1..400);
+        add_range(&writer, written..written + count).await;
+        written += count;
+        let running: Vec<usize> = (0..5).filter(|&i| cluster.bookies[i].is_some()).collect();
+        let stopped: Vec<usize> = (0..5).filter(|&i| cluster.bookies[i].is_none()).collect();
+        if running.len() > 4 || (running.len() == 4 && rng.random_bool(0.5)) {
+            let victim = running[rng.random_range(0..running.len())];
+            println!("step {step}: stop bookie {victim} after {written} entries");
+            cluster.stop_bookie(victim).await;
+        } else if let Some(&back) = stopped.first() {
+            println!("step {step}: restart bookie {back}");
+            // The stopped bookie's RocksDB is released once the last connection to it has
+            // wound down, which may take a moment after shutdown returns.
+            let config = configs[back].clone();
+            let restarted = wait_for(Duration::from_secs(30), || {
+                let config = config.clone();
+                async move { RunningBookie::start(config).await.ok() }
+            })
+            .await
+            .expect("bookie restarts");
+            cluster.bookies[back] = Some(restarted);
+        }
+    }
+    let closed = if rng.random_bool(0.5) {
+        writer.close().await.expect("close")
+    } else {
+        drop(writer);
+        cluster
+            .client()
+            .recover(ledger_id)
+            .await
+            .expect("recover")
+            .metadata()
+    };
+    println!(
+        "closed at {} with {} ensembles",
+        closed.last_entry_id,
+        closed.segments.len()
+    );
+    assert_eq!(closed.last_entry_id, written as i64 - 1);
+    let reader = client.open(ledger_id).await.expect("open");
+    check_entries(&reader, written).await;
 }

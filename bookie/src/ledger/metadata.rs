@@ -249,6 +249,34 @@ mod tests {
         assert!(LedgerMetadata::decode("/ledgers/7", &bad.encode()).is_err());
     }
 
+    proptest::proptest! {
+        /// Any bytes decode to metadata that passes validation, or to an error; never a panic.
+        #[test]
+        fn decoding_arbitrary_bytes_never_panics(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..512)) {
+            if let Ok(metadata) = LedgerMetadata::decode("/ledgers/1", &bytes) {
+                proptest::prop_assert!(metadata.validate().is_ok());
+            }
+        }
+
+        /// Ensemble changes at increasing entries keep the metadata valid and map every entry
+        /// to the ensemble installed last at or before it.
+        #[test]
+        fn ensemble_changes_keep_segments_valid(changes in proptest::collection::vec((0u64..50, 0usize..3), 0..20)) {
+            let mut metadata = sample();
+            let mut from = 0;
+            for (step, (advance, index)) in changes.into_iter().enumerate() {
+                from += advance;
+                let mut bookies = metadata.last_segment().bookies.clone();
+                bookies[index] = format!("new-{step}:1");
+                metadata.set_ensemble_from(from, bookies.clone());
+                proptest::prop_assert!(metadata.validate().is_ok(), "{:?}", metadata.segments);
+                proptest::prop_assert_eq!(&metadata.segment_for(from).bookies, &bookies);
+                let decoded = LedgerMetadata::decode("/ledgers/7", &metadata.encode()).ok();
+                proptest::prop_assert_eq!(decoded.as_ref(), Some(&metadata));
+            }
+        }
+    }
+
     #[test]
     fn segments_are_found_and_replaced() {
         let mut metadata = sample();

@@ -7,8 +7,8 @@
 //!    entry some bookie holds is kept (it may have been acknowledged); the first entry that
 //!    Qw - Qa + 1 bookies of its write set lack ends the ledger (it cannot have been).
 //! 4. Write the kept tail again to its whole write set with recovery adds (accepted while
-//!    fenced), replacing bookies that did not answer the fence.
-//! 5. Close (CAS) at the last kept entry.
+//!    fenced), to replacements in place of bookies that did not answer the fence.
+//! 5. Close (CAS) at the last kept entry, with the replacements in the same write.
 //!
 //! Concurrent recoveries race only at CAS: the one whose close lands decides; the others see
 //! a version change, read the metadata again and return the closed ledger.
@@ -80,7 +80,7 @@ async fn recover_once(
         reason,
     })?;
     let token = metadata.writer_token();
-    let mut segment = metadata.last_segment().clone();
+    let segment = metadata.last_segment().clone();
     let timeout = client.config.rpc_timeout;
 
     let fences = join_all(segment.bookies.iter().map(|address| {
@@ -115,11 +115,16 @@ async fn recover_once(
     let mut next = (lac + 1) as u64;
     let last_entry_id = 'scan: loop {
         let window: Vec<u64> = (next..next + PROBE_WINDOW).collect();
-        let probes = join_all(
-            window
-                .iter()
-                .map(|&entry_id| probe(client, quorums, &segment.bookies, ledger_id, entry_id)),
-        )
+        let probes = join_all(window.iter().map(|&entry_id| {
+            probe(
+                client,
+                quorums,
+                &segment.bookies,
+                &answered,
+                ledger_id,
+                entry_id,
+            )
+        }))
         .await;
         let mut verdicts = Vec::with_capacity(probes.len());
         for (verdict, entry) in probes {
@@ -156,18 +161,20 @@ async fn recover_once(
         None => 0,
     };
 
-    let mut version = version;
     if !kept.is_empty() {
-        // Bookies that missed the fence may be gone: give their place to others before the
-        // tail is written again, so it reaches a full write quorum. The old writer cannot
-        // reach a replacement: it is named only in metadata the writer can no longer change.
+        // Bookies that missed the fence may be gone: give their place to others so the tail
+        // reaches a full write quorum. The new ensemble is committed only together with the
+        // close, after the tail is on it: metadata never names a bookie as holding entries
+        // it may lack (a later recovery would count it as "absent" and could end too early).
+        // The old writer cannot reach a replacement: it is named only in metadata the writer
+        // can no longer change.
         let mut reachable = answered.clone();
         let dead: Vec<usize> = (0..answered.len()).filter(|&i| !answered[i]).collect();
+        let mut ensemble = segment.bookies.clone();
         if !dead.is_empty() {
             let excluded: HashSet<String> =
                 dead.iter().map(|&i| segment.bookies[i].clone()).collect();
             let candidates = available_bookies(&client.meta).await?;
-            let mut ensemble = segment.bookies.clone();
             for &index in &dead {
                 match client
                     .placement
@@ -182,16 +189,11 @@ async fn recover_once(
                     }
                 }
             }
-            if ensemble != segment.bookies {
-                metadata.set_ensemble_from((lac + 1) as u64, ensemble);
-                match client.write_metadata(&metadata, version).await? {
-                    Some(next) => version = next,
-                    None => return Ok(None),
-                }
-                segment = metadata.last_segment().clone();
-            }
         }
-        rewrite_tail(client, quorums, &segment.bookies, &reachable, &token, &kept).await?;
+        rewrite_tail(client, quorums, &ensemble, &reachable, &token, &kept).await?;
+        if ensemble != segment.bookies {
+            metadata.set_ensemble_from((lac + 1) as u64, ensemble);
+        }
     }
 
     metadata.state = LedgerState::Closed;
@@ -209,16 +211,20 @@ async fn recover_once(
     }
 }
 
-/// Asks every bookie of an entry's write set for it: (verdict, the entry when present).
+/// Asks the fenced bookies of an entry's write set for it: (verdict, the entry when
+/// present). Bookies that missed the fence are not asked: they could only add "unknown" and
+/// a hung one would cost a timeout per entry.
 async fn probe(
     client: &LedgerClient,
     quorums: Quorums,
     bookies: &[String],
+    fenced: &[bool],
     ledger_id: u64,
     entry_id: u64,
 ) -> (EntryVerdict, Option<Entry>) {
     let timeout = client.config.rpc_timeout;
-    let reads = join_all(quorums.write_set(entry_id).map(|index| {
+    let asked = quorums.write_set(entry_id).filter(|&index| fenced[index]);
+    let reads = join_all(asked.map(|index| {
         let address = &bookies[index];
         async move {
             let bookie = client.bookies.get(address, timeout).await?;

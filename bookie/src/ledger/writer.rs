@@ -198,7 +198,7 @@ struct WriterTask {
     links: Vec<BookieLink>,
     next_generation: u64,
     events: mpsc::Sender<Event>,
-    /// Bookies that failed this writer; never chosen again for this ledger.
+    /// Bookies that failed this writer; not chosen again while others are available.
     excluded: HashSet<String>,
     failure: Option<Failure>,
     published_lac: Arc<AtomicI64>,
@@ -655,11 +655,21 @@ impl WriterTask {
         let other = |error: LedgerError| Failure::Other(error.to_string());
         let candidates = available_bookies(&self.client.meta).await.map_err(other)?;
         let mut ensemble = self.metadata.last_segment().bookies.clone();
-        let replacement = self
-            .client
-            .placement
-            .replacement(&ensemble, index, &self.excluded, &candidates)
-            .map_err(other)?;
+        let placement = &self.client.placement;
+        let replacement = match placement.replacement(&ensemble, index, &self.excluded, &candidates)
+        {
+            Ok(replacement) => replacement,
+            // Bookies that failed earlier and registered again (restarted) are fair game once
+            // nothing else is left; only the one being replaced stays out.
+            Err(LedgerError::NotEnoughBookies { .. }) if self.excluded.len() > 1 => {
+                let failed = ensemble[index].clone();
+                self.excluded.retain(|address| *address == failed);
+                placement
+                    .replacement(&ensemble, index, &self.excluded, &candidates)
+                    .map_err(other)?
+            }
+            Err(error) => return Err(other(error)),
+        };
         let link = match self.open_link(index, replacement.clone()).await {
             Ok(link) => link,
             Err(error) => {
