@@ -218,13 +218,8 @@ fn hash_key() -> u64 {
 }
 
 /// A keyed word-at-a-time hash of `text`, never 0: the top bit is forced on, leaving the low
-/// bits, which pick the slot, untouched.
-#[inline]
-pub(crate) fn text_hash(text: &str) -> u64 {
-    text_hash_with(hash_key(), text)
-}
-
-/// [`text_hash`] with the key passed in, so a table reads it once rather than per item.
+/// bits, which pick the slot, untouched. A table passes the key it copied at creation, so
+/// lookups read no shared state.
 #[inline]
 fn text_hash_with(key: u64, text: &str) -> u64 {
     const MULTIPLIER: u64 = 0x9e37_79b9_7f4a_7c15;
@@ -346,7 +341,7 @@ mod tests {
     fn hashes_spread_and_are_never_zero() {
         let mut low_bits = std::collections::HashSet::new();
         for index in 0..4096 {
-            let hash = text_hash(&format!("k{index}"));
+            let hash = text_hash_with(hash_key(), &format!("k{index}"));
             assert_ne!(hash, 0);
             low_bits.insert(hash & 0xfff);
         }
