@@ -86,8 +86,9 @@ proptest! {
         // The registers of every grouping equal the whole's, but which estimator answers depends
         // on the order: a sketch that saw its stream directly keeps its history (HIP), a union
         // that absorbed a sketch in a sparser mode may not. So each answers within the bound,
-        // not to the bit.
-        let bound = 3.0 * hlls[0].relative_standard_error() * distinct.max(1.0) + 1.0;
+        // not to the bit. Five standard errors: each run makes a few hundred such checks, and a
+        // property test must not fail by chance (three would, about one run in four).
+        let bound = 5.0 * hlls[0].relative_standard_error() * distinct.max(1.0) + 1.0;
         for sketch in &hlls {
             prop_assert!((sketch.estimate() - distinct).abs() <= bound);
         }
@@ -96,9 +97,9 @@ proptest! {
             prop_assert!((left.estimate() - other.estimate()).abs() < 1e-9);
         }
         // A part's update sketch may have lowered its theta below the whole's, so the union
-        // answers like the whole within the bound, not to the bit: three standard errors of
-        // k = 64 nominal entries.
-        let bound = 3.0 / 63.0f64.sqrt() * distinct.max(1.0);
+        // answers like the whole within the bound, not to the bit: five standard errors of
+        // k = 64 nominal entries, for the same reason as above.
+        let bound = 5.0 / 63.0f64.sqrt() * distinct.max(1.0) + 1.0;
         prop_assert!((left.estimate() - distinct).abs() <= bound);
         prop_assert!((whole.estimate() - distinct).abs() <= bound);
     }
