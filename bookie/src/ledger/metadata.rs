@@ -10,6 +10,7 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 use super::error::{LedgerError, LedgerResult};
+use super::quorum::Quorums;
 
 /// The encoding's format number; bumped on any incompatible change.
 pub const METADATA_FORMAT: u32 = 1;
@@ -143,6 +144,16 @@ impl LedgerMetadata {
             .partition_point(|segment| segment.first_entry_id <= entry_id);
         // validate() guarantees a segment starting at 0, so index >= 1.
         &self.segments[index.saturating_sub(1)]
+    }
+
+    /// The ledger's quorum sizes; stored metadata that breaks their rules is corrupt.
+    pub fn quorums(&self) -> LedgerResult<Quorums> {
+        Quorums::new(self.ensemble_size, self.write_quorum, self.ack_quorum).map_err(|reason| {
+            LedgerError::CorruptMetadata {
+                key: super::ledger_key(self.ledger_id),
+                reason,
+            }
+        })
     }
 
     /// The current (last) ensemble.

@@ -15,7 +15,6 @@ use parking_lot::RwLock;
 use super::error::{LedgerError, LedgerResult};
 use super::framing::unframe;
 use super::metadata::{LedgerMetadata, LedgerState};
-use super::quorum::Quorums;
 use super::{with_timeout, LedgerClient};
 
 /// One entry as the ledger's writer added it.
@@ -186,15 +185,7 @@ pub(crate) async fn read_range(
     last: u64,
 ) -> LedgerResult<Vec<LedgerEntry>> {
     let ledger_id = metadata.ledger_id;
-    let quorums = Quorums::new(
-        metadata.ensemble_size,
-        metadata.write_quorum,
-        metadata.ack_quorum,
-    )
-    .map_err(|reason| LedgerError::CorruptMetadata {
-        key: super::ledger_key(ledger_id),
-        reason,
-    })?;
+    let quorums = metadata.quorums()?;
     let mut entries = Vec::with_capacity((last.saturating_sub(first) + 1).min(4096) as usize);
     let mut next = first;
     while next <= last {

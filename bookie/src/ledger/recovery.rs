@@ -70,15 +70,7 @@ async fn recover_once(
     version: u64,
 ) -> LedgerResult<Option<LedgerMetadata>> {
     let ledger_id = metadata.ledger_id;
-    let quorums = Quorums::new(
-        metadata.ensemble_size,
-        metadata.write_quorum,
-        metadata.ack_quorum,
-    )
-    .map_err(|reason| LedgerError::CorruptMetadata {
-        key: super::ledger_key(ledger_id),
-        reason,
-    })?;
+    let quorums = metadata.quorums()?;
     let token = metadata.writer_token();
     let segment = metadata.last_segment().clone();
     let timeout = client.config.rpc_timeout;
