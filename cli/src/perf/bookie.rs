@@ -19,7 +19,7 @@ use magnetar_proto::bookie::{AddRequest, ErrorCode};
 use tokio::sync::mpsc;
 
 use super::raw_fsync::measure_raw_fsync;
-use super::report::{Figures, LatencyHistogram};
+use super::report::{spawn_progress, Figures, LatencyHistogram};
 
 #[derive(Args)]
 pub struct BookiePerfArgs {
@@ -145,27 +145,7 @@ async fn run_async(args: BookiePerfArgs) -> anyhow::Result<()> {
         std::thread::spawn(move || pace(total, rate.max(1) as f64, started, schedules))
     });
 
-    let progress = {
-        let acked = acked.clone();
-        let quiet = args.json;
-        let total = args.entries;
-        tokio::spawn(async move {
-            let mut last = 0;
-            let mut ticker = tokio::time::interval(Duration::from_secs(1));
-            ticker.tick().await;
-            loop {
-                ticker.tick().await;
-                let now = acked.load(Ordering::Relaxed);
-                if !quiet {
-                    eprintln!(
-                        "  {now}/{total} entries acknowledged, {} adds/s",
-                        now - last
-                    );
-                }
-                last = now;
-            }
-        })
-    };
+    let progress = spawn_progress(acked.clone(), args.entries, args.json);
 
     let mut latencies = LatencyHistogram::new();
     let mut failures = 0;

@@ -18,7 +18,7 @@ use magnetar_bookie::{BookieConfig, RunningBookie};
 use magnetar_meta::{MetaClient, MetaConfig, MetaServer};
 use tokio::sync::mpsc;
 
-use super::report::{Figures, LatencyHistogram};
+use super::report::{spawn_progress, Figures, LatencyHistogram};
 
 #[derive(Args)]
 pub struct LedgerPerfArgs {
@@ -163,27 +163,7 @@ async fn run_async(args: LedgerPerfArgs) -> anyhow::Result<()> {
         )));
     }
 
-    let progress = {
-        let acked = acked.clone();
-        let quiet = args.json;
-        let total = args.entries;
-        tokio::spawn(async move {
-            let mut last = 0;
-            let mut ticker = tokio::time::interval(Duration::from_secs(1));
-            ticker.tick().await;
-            loop {
-                ticker.tick().await;
-                let now = acked.load(Ordering::Relaxed);
-                if !quiet {
-                    eprintln!(
-                        "  {now}/{total} entries acknowledged, {} adds/s",
-                        now - last
-                    );
-                }
-                last = now;
-            }
-        })
-    };
+    let progress = spawn_progress(acked.clone(), args.entries, args.json);
     let mut latencies = LatencyHistogram::new();
     let mut failures = 0;
     for writer in writers {

@@ -63,3 +63,28 @@ impl Figures {
         println!("{}", Value::Object(self.fields.clone()));
     }
 }
+
+/// Prints, once a second until aborted, how many of `total` entries are acknowledged and the
+/// rate over the last second (nothing when `quiet`).
+pub fn spawn_progress(
+    acked: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    total: u64,
+    quiet: bool,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut last = 0;
+        let mut ticker = tokio::time::interval(std::time::Duration::from_secs(1));
+        ticker.tick().await;
+        loop {
+            ticker.tick().await;
+            let now = acked.load(std::sync::atomic::Ordering::Relaxed);
+            if !quiet {
+                eprintln!(
+                    "  {now}/{total} entries acknowledged, {} adds/s",
+                    now - last
+                );
+            }
+            last = now;
+        }
+    })
+}
