@@ -96,10 +96,21 @@ impl Dispatcher {
 
     /// Records that a message was sent to `id`.
     pub fn sent(&mut self, id: u64) {
+        self.sent_many(id, 1);
+    }
+
+    /// Records that `count` messages (one entry's batch) were sent to `id`. A batch may take
+    /// a consumer's permits below what it holds, as in Pulsar; they stop at zero.
+    pub fn sent_many(&mut self, id: u64, count: u32) {
         if let Some(consumer) = self.consumers.get_mut(&id) {
-            consumer.permits = consumer.permits.saturating_sub(1);
+            consumer.permits = consumer.permits.saturating_sub(count);
         }
         self.last_served = Some(id);
+    }
+
+    /// Whether any consumer may be sent a message now.
+    pub fn any_permits(&self) -> bool {
+        self.consumers.values().any(|consumer| consumer.permits > 0)
     }
 
     /// The consumer that receives every message in Exclusive and Failover subscriptions.

@@ -9,12 +9,16 @@
 //! - [`dispatch`]: which consumer gets the next message, for each subscription type.
 //! - [`bundles`]: a namespace's hash ranges, the unit of topic ownership.
 //! - [`dedup`]: producer sequence ids, so a resent message is stored once.
+//! - [`service`]: the broker as a service: bundle ownership and lookup, served topics with
+//!   their producers and subscriptions, the gRPC client protocol, a running broker.
 
 pub mod bundles;
 pub mod dedup;
 pub mod dispatch;
 pub mod managed_ledger;
+pub mod service;
 pub mod topic_name;
 
 pub use dispatch::{ConsumerSlot, Dispatcher, SubscriptionType};
+pub use service::{BrokerConfig, BrokerError, BrokerService, RunningBroker};
 pub use topic_name::{InvalidTopicName, TopicName};

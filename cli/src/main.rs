@@ -2,9 +2,12 @@
 //! the `perf` benchmarks.
 
 mod bookie_cmd;
+mod broker_cmd;
+mod client_cmd;
 mod logging;
 mod meta_cmd;
 mod perf;
+mod standalone;
 
 use clap::{Parser, Subcommand};
 
@@ -21,6 +24,14 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run everything in one process: metadata store, bookie and broker. Start here.
+    Standalone(standalone::StandaloneArgs),
+    /// Run a broker (serves topics to clients; keeps no state of its own).
+    Broker(broker_cmd::BrokerArgs),
+    /// Publish messages to a topic.
+    Produce(client_cmd::ProduceArgs),
+    /// Receive (and acknowledge) messages from a subscription.
+    Consume(client_cmd::ConsumeArgs),
     /// Run a bookie (ledger storage node).
     Bookie(bookie_cmd::BookieArgs),
     /// Run one node of the metadata store (a Raft group).
@@ -33,11 +44,15 @@ enum Command {
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let default_level = match cli.command {
-        Command::Perf(_) => "warn",
+        Command::Perf(_) | Command::Produce(_) | Command::Consume(_) => "warn",
         _ => "info",
     };
     logging::init(default_level);
     match cli.command {
+        Command::Standalone(args) => standalone::run(args),
+        Command::Broker(args) => broker_cmd::run(args),
+        Command::Produce(args) => client_cmd::produce(args),
+        Command::Consume(args) => client_cmd::consume(args),
         Command::Bookie(args) => bookie_cmd::run(args),
         Command::Meta(args) => meta_cmd::run(args),
         Command::Perf(command) => perf::run(command),

@@ -6,6 +6,8 @@
 //! # Layout
 //! - [`bookie`]: the storage node's service (adds, reads, fencing, ledger deletion, info).
 //! - [`meta`]: the metadata store's client and peer services, and its internal records.
+//! - [`broker`]: the client protocol: lookup, producers, consumers and readers, and the
+//!   stored form of a topic's entries.
 //!
 //! Byte fields are generated as [`bytes::Bytes`](prost::bytes::Bytes) so payloads move through
 //! the servers without copies.
@@ -18,6 +20,11 @@ pub mod bookie {
 /// The metadata store's services: `proto/meta.proto`.
 pub mod meta {
     tonic::include_proto!("magnetar.meta");
+}
+
+/// The broker's client protocol: `proto/broker.proto`.
+pub mod broker {
+    tonic::include_proto!("magnetar.broker");
 }
 
 pub use prost;

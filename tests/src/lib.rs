@@ -5,12 +5,14 @@
 //! with a deadline (never by sleeping a fixed time).
 //!
 //! # Layout
+//! - [`cluster`]: an in-process cluster (metadata nodes, bookies, brokers) on loopback.
 //! - [`process`]: the `magnetar` binary, child processes that die with the test, free ports.
 //! - [`wait`]: polling with a deadline.
 //! - [`payload`]: deterministic entry payloads writers and checkers agree on.
 //!
 //! The `ledger_writer` binary (`src/bin/`) is a ledger writer to kill mid-stream.
 
+pub mod cluster;
 pub mod payload;
 pub mod process;
 pub mod wait;

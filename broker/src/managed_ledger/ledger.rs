@@ -91,6 +91,20 @@ pub struct LogEntry {
     pub payload: Bytes,
 }
 
+/// An append queued by [`ManagedLedger::submit_append`].
+pub struct SubmittedAppend {
+    answer: oneshot::Receiver<ManagedLedgerResult<Position>>,
+    ledger: ManagedLedger,
+}
+
+impl SubmittedAppend {
+    /// Resolves once the entry is durable, with its position.
+    pub async fn wait(self) -> ManagedLedgerResult<Position> {
+        let Self { answer, ledger } = self;
+        answer.await.unwrap_or_else(|_| Err(ledger.stopped_error()))
+    }
+}
+
 enum Command {
     Append {
         payload: Bytes,
@@ -244,6 +258,12 @@ impl ManagedLedger {
     /// Appends an entry; resolves once it is durable (acknowledged by the ack quorum, and
     /// every earlier append too) with its position.
     pub async fn append(&self, payload: Bytes) -> ManagedLedgerResult<Position> {
+        self.submit_append(payload)?.wait().await
+    }
+
+    /// Queues an append now and returns a handle to await its outcome: entries are stored in
+    /// the order of these calls, so a caller can pipeline many appends and keep their order.
+    pub fn submit_append(&self, payload: Bytes) -> ManagedLedgerResult<SubmittedAppend> {
         self.check_usable()?;
         let (reply, answer) = oneshot::channel();
         self.commands
@@ -255,7 +275,10 @@ impl ManagedLedger {
                 },
                 mpsc::error::TrySendError::Closed(_) => self.stopped_error(),
             })?;
-        answer.await.unwrap_or_else(|_| Err(self.stopped_error()))
+        Ok(SubmittedAppend {
+            answer,
+            ledger: self.clone(),
+        })
     }
 
     fn stopped_error(&self) -> ManagedLedgerError {
@@ -479,6 +502,21 @@ impl ManagedLedger {
             entry.dirty = true;
         }
         Ok(())
+    }
+
+    /// Moves a cursor so that everything after `mark_delete` is unacknowledged again (or
+    /// acknowledged, when it moves forward): a subscription's seek or reset. Persisted with
+    /// the next batch.
+    pub fn reset_cursor(&self, cursor: &str, mark_delete: Position) -> ManagedLedgerResult<()> {
+        self.update_cursor(cursor, |state, _| {
+            *state = CursorState::new(mark_delete);
+            true
+        })
+    }
+
+    /// The position before the first entry still in the log.
+    pub fn earliest(&self) -> Position {
+        self.inner.state.lock().earliest()
     }
 
     /// Entries the cursor has not acknowledged yet.

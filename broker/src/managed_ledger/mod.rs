@@ -23,6 +23,6 @@ pub mod stored;
 pub use cursor_state::{CursorState, CursorStateError};
 pub use entry_cache::EntryCache;
 pub use error::{ManagedLedgerError, ManagedLedgerResult};
-pub use ledger::{InitialPosition, LogEntry, ManagedLedger, ManagedLedgerConfig};
+pub use ledger::{InitialPosition, LogEntry, ManagedLedger, ManagedLedgerConfig, SubmittedAppend};
 pub use position::{Layout, LedgerSpan, Position};
 pub use retention::{ledgers_to_delete, LedgerInfo, RetentionPolicy, RolloverPolicy};

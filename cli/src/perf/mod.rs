@@ -4,6 +4,7 @@
 mod bookie;
 mod ledger;
 mod meta;
+mod pubsub;
 mod raw_fsync;
 mod report;
 mod sketches;
@@ -18,6 +19,12 @@ pub enum PerfCommand {
     Ledger(ledger::LedgerPerfArgs),
     /// The metadata store: writes/s, reads/s, latency, leader failover time.
     Meta(meta::MetaPerfArgs),
+    /// Publish through the client: msgs/s, MB/s, publish latency.
+    Produce(pubsub::PubSubPerfArgs),
+    /// Consume through the client: msgs/s (publishes too, so there is something to read).
+    Consume(pubsub::PubSubPerfArgs),
+    /// Publish and consume at once: rates, publish and end-to-end latency.
+    E2e(pubsub::PubSubPerfArgs),
     /// Sketch update and merge costs, ours beside the `datasketches` crate.
     Sketches(sketches::SketchesPerfArgs),
 }
@@ -28,5 +35,17 @@ pub fn run(command: PerfCommand) -> anyhow::Result<()> {
         PerfCommand::Ledger(args) => ledger::run(args),
         PerfCommand::Meta(args) => meta::run(args),
         PerfCommand::Sketches(args) => sketches::run(args),
+        PerfCommand::Produce(args) => pubsub::run(pubsub::Mode::Produce, args),
+        PerfCommand::Consume(args) => {
+            // An existing topic of a running cluster is read as it is; otherwise there is
+            // nothing to read, so the run publishes too.
+            let mode = if args.topic.is_some() && args.service_url.is_some() {
+                pubsub::Mode::Consume
+            } else {
+                pubsub::Mode::EndToEnd
+            };
+            pubsub::run(mode, args)
+        }
+        PerfCommand::E2e(args) => pubsub::run(pubsub::Mode::EndToEnd, args),
     }
 }

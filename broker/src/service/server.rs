@@ -1,0 +1,166 @@
+//! A running broker: the gRPC listener, the metadata session that holds its registration and
+//! bundle ownership, and a watchdog that re-registers after the session is lost.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use magnetar_bookie::ledger::{LedgerClient, LedgerClientConfig};
+use magnetar_meta::MetaClient;
+use magnetar_proto::broker::broker_server::BrokerServer;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tokio_stream::wrappers::TcpListenerStream;
+use tracing::{info, warn};
+
+use super::config::BrokerConfig;
+use super::error::{BrokerError, BrokerResult};
+use super::grpc::BrokerGrpc;
+use super::{namespaces, ownership, BrokerService};
+
+/// How often the watchdog checks the session.
+const SESSION_CHECK_INTERVAL: Duration = Duration::from_millis(200);
+
+/// A broker serving until [`RunningBroker::shutdown`].
+pub struct RunningBroker {
+    service: Arc<BrokerService>,
+    local_addr: SocketAddr,
+    server_stop: Option<oneshot::Sender<()>>,
+    server_task: Option<JoinHandle<Result<(), tonic::transport::Error>>>,
+    watchdog: JoinHandle<()>,
+}
+
+async fn register(meta: &MetaClient, address: &str, session_id: u64) -> BrokerResult<()> {
+    meta.put_ephemeral(
+        &ownership::broker_key(address),
+        address.as_bytes().to_vec(),
+        session_id,
+        None,
+    )
+    .await?;
+    Ok(())
+}
+
+impl RunningBroker {
+    pub async fn start(config: BrokerConfig) -> BrokerResult<Self> {
+        config.validate().map_err(BrokerError::Protocol)?;
+        let meta = MetaClient::new(&config.meta_endpoints)?;
+        namespaces::ensure_default(&meta).await?;
+        let ledgers = LedgerClient::new(meta.clone(), LedgerClientConfig::default());
+        let listener = tokio::net::TcpListener::bind(config.listen)
+            .await
+            .map_err(|error| {
+                BrokerError::Unavailable(format!(
+                    "cannot listen on {}: {error}; pick another --listen address",
+                    config.listen
+                ))
+            })?;
+        let local_addr = listener
+            .local_addr()
+            .map_err(|error| BrokerError::Unavailable(error.to_string()))?;
+        let address = if config.advertise_address.is_empty() {
+            local_addr.to_string()
+        } else {
+            config.advertise_address.clone()
+        };
+        let session = meta.open_session(config.session_ttl()).await?;
+        let session_id = session.id();
+        let service = BrokerService::new(
+            config.clone(),
+            address.clone(),
+            meta.clone(),
+            ledgers,
+            session,
+        );
+
+        let incoming = TcpListenerStream::new(listener).map(|connection| {
+            if let Ok(stream) = &connection {
+                let _ = stream.set_nodelay(true);
+            }
+            connection
+        });
+        let limit = config.max_message_size_bytes + (1 << 20);
+        let grpc = BrokerServer::new(BrokerGrpc::new(service.clone()))
+            .max_decoding_message_size(limit)
+            .max_encoding_message_size(limit.max(64 << 20));
+        let (server_stop, stop_signal) = oneshot::channel::<()>();
+        let server_task = tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(grpc)
+                .serve_with_incoming_shutdown(incoming, async {
+                    let _ = stop_signal.await;
+                }),
+        );
+        // Registered once serving, so lookups never send clients to a broker not listening.
+        register(&meta, &address, session_id).await?;
+        info!(%address, "broker serving");
+        let watchdog = tokio::spawn(watch_session(service.clone(), meta, address));
+        Ok(Self {
+            service,
+            local_addr,
+            server_stop: Some(server_stop),
+            server_task: Some(server_task),
+            watchdog,
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// The address clients reach this broker at.
+    pub fn address(&self) -> &str {
+        self.service.address()
+    }
+
+    pub fn service(&self) -> &Arc<BrokerService> {
+        &self.service
+    }
+
+    /// Stops serving, closes every topic (so the next owner needs no recovery) and the session.
+    pub async fn shutdown(mut self) {
+        self.watchdog.abort();
+        if let Some(stop) = self.server_stop.take() {
+            let _ = stop.send(());
+        }
+        self.service.shutdown().await;
+        if let Some(task) = self.server_task.take() {
+            let _ = task.await;
+        }
+    }
+
+    /// Stops at once without closing anything: what a crash looks like to the others (its
+    /// session expires after its TTL).
+    pub fn abort(mut self) {
+        self.watchdog.abort();
+        if let Some(task) = self.server_task.take() {
+            task.abort();
+        }
+        if let Some(session) = self.service.session.lock().take() {
+            session.abandon();
+        }
+    }
+}
+
+/// Re-registers under a new session when the store reports the old one expired.
+async fn watch_session(service: Arc<BrokerService>, meta: MetaClient, address: String) {
+    loop {
+        tokio::time::sleep(SESSION_CHECK_INTERVAL).await;
+        if !service.session_lost() {
+            continue;
+        }
+        match meta.open_session(service.config().session_ttl()).await {
+            Ok(session) => {
+                let session_id = session.id();
+                service.replace_session(session);
+                if let Err(error) = register(&meta, &address, session_id).await {
+                    warn!(%error, "re-registering the broker failed; will retry");
+                } else {
+                    info!("broker re-registered under a new session");
+                }
+            }
+            Err(error) => warn!(%error, "opening a new metadata session failed; will retry"),
+        }
+    }
+}

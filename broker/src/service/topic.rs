@@ -1,0 +1,507 @@
+//! A topic served by this broker: its managed ledger, its producers with deduplication, and
+//! its subscriptions.
+//!
+//! Deduplication survives a change of owner: the highest persisted sequence id per producer is
+//! snapshotted to the metadata store with the position it covers, and a new owner restores the
+//! snapshot and replays the log after that position.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use magnetar_meta::MetaClient;
+use magnetar_proto::broker::{Message, SendReceipt, StoredBatch};
+use magnetar_proto::prost::Message as _;
+use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
+use tokio::sync::Notify;
+use tracing::{info, warn};
+
+use super::error::{BrokerError, BrokerResult};
+use super::subscription::{type_name, SubscriptionHandle, SubscriptionStats};
+use crate::dedup::{Deduplication, Verdict};
+use crate::dispatch::SubscriptionType;
+use crate::managed_ledger::{
+    CursorState, InitialPosition, ManagedLedger, ManagedLedgerError, Position, SubmittedAppend,
+};
+use crate::TopicName;
+
+/// How often a changed deduplication state is snapshotted.
+const DEDUP_SNAPSHOT_INTERVAL: Duration = Duration::from_secs(1);
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|elapsed| elapsed.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+fn dedup_key(ledger_name: &str) -> String {
+    format!("/dedup/{ledger_name}")
+}
+
+#[derive(Serialize, Deserialize, Default)]
+struct DedupSnapshot {
+    ledger_id: u64,
+    entry_id: i64,
+    producers: BTreeMap<String, u64>,
+}
+
+struct DedupState {
+    dedup: Deduplication,
+    /// Every entry up to here has been fed to `dedup`.
+    covered: Position,
+    changed: bool,
+}
+
+/// What a send becomes once it is queued.
+pub enum SendOutcome {
+    /// Stored before: answer at once.
+    Duplicate(SendReceipt),
+    /// Queued; await it for the receipt.
+    Queued(PendingSend),
+    /// The same sequence id is still being stored by an earlier send; await its outcome.
+    InFlight(PendingSend),
+}
+
+/// A send waiting for its entry to be durable.
+pub struct PendingSend {
+    topic: Arc<Topic>,
+    producer: String,
+    first_sequence_id: u64,
+    highest_sequence_id: u64,
+    count: u32,
+    append: Option<SubmittedAppend>,
+}
+
+impl PendingSend {
+    pub async fn wait(self) -> BrokerResult<SendReceipt> {
+        let Some(append) = self.append else {
+            return self.wait_for_earlier().await;
+        };
+        match append.wait().await {
+            Ok(position) => {
+                {
+                    let mut state = self.topic.dedup.lock();
+                    state
+                        .dedup
+                        .persisted(&self.producer, self.highest_sequence_id, position);
+                    state.covered = state.covered.max(position);
+                    state.changed = true;
+                }
+                self.topic.dedup_changed.notify_waiters();
+                Ok(SendReceipt {
+                    first_sequence_id: self.first_sequence_id,
+                    ledger_id: position.ledger_id,
+                    entry_id: position.entry_id,
+                    message_count: self.count,
+                    duplicate: false,
+                })
+            }
+            Err(error) => {
+                self.topic.dedup.lock().dedup.failed(&self.producer);
+                self.topic.dedup_changed.notify_waiters();
+                Err(error.into())
+            }
+        }
+    }
+
+    /// Waits until the earlier send of the same sequence id is persisted (a duplicate
+    /// receipt) or failed (the client must send again).
+    async fn wait_for_earlier(self) -> BrokerResult<SendReceipt> {
+        loop {
+            let notified = self.topic.dedup_changed.notified();
+            let verdict = {
+                let mut state = self.topic.dedup.lock();
+                let verdict = state.dedup.check(&self.producer, self.highest_sequence_id);
+                if verdict == Verdict::Store {
+                    // The earlier send failed; undo the mark `check` just made.
+                    state.dedup.failed(&self.producer);
+                }
+                verdict
+            };
+            match verdict {
+                Verdict::Duplicate(position) => {
+                    return Ok(duplicate_receipt(
+                        self.first_sequence_id,
+                        self.count,
+                        position,
+                    ))
+                }
+                Verdict::Store => {
+                    return Err(BrokerError::Unavailable(
+                        "an earlier send of this batch failed; send it again".into(),
+                    ))
+                }
+                Verdict::InFlight => notified.await,
+            }
+        }
+    }
+}
+
+fn duplicate_receipt(
+    first_sequence_id: u64,
+    count: u32,
+    position: Option<Position>,
+) -> SendReceipt {
+    let position = position.unwrap_or(Position::new(0, -1));
+    SendReceipt {
+        first_sequence_id,
+        ledger_id: position.ledger_id,
+        entry_id: position.entry_id,
+        message_count: count,
+        duplicate: true,
+    }
+}
+
+/// Counters of a topic for stats and metrics.
+#[derive(Default)]
+pub struct TopicCounters {
+    pub messages_in: AtomicU64,
+    pub bytes_in: AtomicU64,
+    pub entries_in: AtomicU64,
+}
+
+/// A topic's figures for the admin API.
+#[derive(Debug, Clone, Serialize)]
+pub struct TopicStats {
+    pub topic: String,
+    pub messages_in: u64,
+    pub bytes_in: u64,
+    pub entries_in: u64,
+    pub producers: Vec<String>,
+    pub ledgers: Vec<u64>,
+    pub last_confirmed: String,
+    pub subscriptions: BTreeMap<String, SubscriptionEntryStats>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct SubscriptionEntryStats {
+    #[serde(flatten)]
+    pub live: SubscriptionStats,
+    pub backlog_entries: u64,
+    pub mark_delete: String,
+}
+
+/// A topic served by this broker.
+pub struct Topic {
+    pub name: TopicName,
+    pub ledger: ManagedLedger,
+    meta: MetaClient,
+    max_message_size_bytes: usize,
+    dedup: Mutex<DedupState>,
+    dedup_changed: Notify,
+    producers: Mutex<HashSet<String>>,
+    subscriptions: Mutex<HashMap<String, SubscriptionHandle>>,
+    pub counters: TopicCounters,
+}
+
+impl Topic {
+    /// Takes a topic over: its managed ledger is already open (fencing any previous owner);
+    /// restores deduplication from its snapshot and the log after it.
+    pub async fn load(
+        name: TopicName,
+        ledger: ManagedLedger,
+        meta: MetaClient,
+        max_message_size_bytes: usize,
+    ) -> BrokerResult<Arc<Topic>> {
+        let snapshot = match meta.get(&dedup_key(ledger.name())).await? {
+            Some(kv) => {
+                serde_json::from_slice::<DedupSnapshot>(&kv.value).unwrap_or_else(|error| {
+                    warn!(topic = %name, %error, "ignoring an unreadable deduplication snapshot");
+                    DedupSnapshot::default()
+                })
+            }
+            None => DedupSnapshot::default(),
+        };
+        let mut dedup = Deduplication::restore(&snapshot.producers);
+        let mut covered =
+            Position::new(snapshot.ledger_id, snapshot.entry_id).max(ledger.earliest());
+        let end = ledger.last_confirmed();
+        let mut replayed = 0u64;
+        while covered < end {
+            let from = Position::new(covered.ledger_id, covered.entry_id + 1);
+            let entries = ledger.read(from, 256).await?;
+            if entries.is_empty() {
+                break;
+            }
+            for entry in entries {
+                if let Ok(batch) = StoredBatch::decode(entry.payload) {
+                    let count = batch.messages.len() as u64;
+                    if count > 0 {
+                        dedup.persisted(
+                            &batch.producer_name,
+                            batch.first_sequence_id + count - 1,
+                            entry.position,
+                        );
+                    }
+                }
+                covered = entry.position;
+                replayed += 1;
+            }
+        }
+        if replayed > 0 {
+            info!(topic = %name, replayed, "deduplication state rebuilt from the log");
+        }
+        let topic = Arc::new(Topic {
+            name,
+            ledger,
+            meta,
+            max_message_size_bytes,
+            dedup: Mutex::new(DedupState {
+                dedup,
+                covered,
+                changed: replayed > 0,
+            }),
+            dedup_changed: Notify::new(),
+            producers: Mutex::new(HashSet::new()),
+            subscriptions: Mutex::new(HashMap::new()),
+            counters: TopicCounters::default(),
+        });
+        tokio::spawn(snapshot_dedup_periodically(Arc::downgrade(&topic)));
+        Ok(topic)
+    }
+
+    pub fn is_fenced(&self) -> bool {
+        self.ledger.is_fenced()
+    }
+
+    /// Registers a producer; returns the highest sequence id persisted from it (-1: none).
+    pub fn add_producer(&self, name: &str) -> BrokerResult<i64> {
+        if !self.producers.lock().insert(name.to_string()) {
+            return Err(BrokerError::ProducerBusy(name.to_string()));
+        }
+        let snapshot = self.dedup.lock().dedup.snapshot();
+        Ok(snapshot.get(name).map_or(-1, |&id| id as i64))
+    }
+
+    pub fn remove_producer(&self, name: &str) {
+        self.producers.lock().remove(name);
+    }
+
+    /// Checks and queues a batch. Batches queued by one caller are stored in call order.
+    pub fn send(
+        self: &Arc<Self>,
+        producer: &str,
+        first_sequence_id: u64,
+        messages: Vec<Message>,
+    ) -> BrokerResult<SendOutcome> {
+        let count = messages.len() as u32;
+        if count == 0 {
+            return Err(BrokerError::Protocol(
+                "a batch needs at least one message".into(),
+            ));
+        }
+        let highest_sequence_id = first_sequence_id + u64::from(count) - 1;
+        let batch = StoredBatch {
+            producer_name: producer.to_string(),
+            first_sequence_id,
+            publish_time_ms: now_ms(),
+            messages,
+        };
+        let size = batch.encoded_len();
+        if size > self.max_message_size_bytes {
+            return Err(BrokerError::MessageTooLarge {
+                size,
+                limit: self.max_message_size_bytes,
+            });
+        }
+        let pending = |append| PendingSend {
+            topic: self.clone(),
+            producer: producer.to_string(),
+            first_sequence_id,
+            highest_sequence_id,
+            count,
+            append,
+        };
+        let mut state = self.dedup.lock();
+        match state.dedup.check(producer, highest_sequence_id) {
+            Verdict::Duplicate(position) => {
+                return Ok(SendOutcome::Duplicate(duplicate_receipt(
+                    first_sequence_id,
+                    count,
+                    position,
+                )))
+            }
+            Verdict::InFlight => return Ok(SendOutcome::InFlight(pending(None))),
+            Verdict::Store => {}
+        }
+        let payload = Bytes::from(batch.encode_to_vec());
+        // Queued under the lock, so the order of dedup decisions is the order in the log.
+        match self.ledger.submit_append(payload) {
+            Ok(append) => {
+                drop(state);
+                self.counters
+                    .messages_in
+                    .fetch_add(u64::from(count), Ordering::Relaxed);
+                self.counters
+                    .bytes_in
+                    .fetch_add(size as u64, Ordering::Relaxed);
+                self.counters.entries_in.fetch_add(1, Ordering::Relaxed);
+                Ok(SendOutcome::Queued(pending(Some(append))))
+            }
+            Err(error) => {
+                state.dedup.failed(producer);
+                Err(error.into())
+            }
+        }
+    }
+
+    /// The subscription `name`, created (with its durable cursor) if it does not exist.
+    pub async fn subscription(
+        &self,
+        name: &str,
+        kind: SubscriptionType,
+        initial: InitialPosition,
+        has_consumers: impl Fn(&SubscriptionHandle) -> bool,
+    ) -> BrokerResult<SubscriptionHandle> {
+        if let Some(existing) = self.subscriptions.lock().get(name).cloned() {
+            if existing.kind() == kind {
+                return Ok(existing);
+            }
+            if has_consumers(&existing) {
+                return Err(BrokerError::SubscriptionTypeMismatch {
+                    name: name.to_string(),
+                    existing: type_name(existing.kind()),
+                    requested: type_name(kind),
+                });
+            }
+        }
+        let state = self.ledger.open_cursor(name, initial).await?;
+        let handle = SubscriptionHandle::start(
+            self.ledger.clone(),
+            Some(name.to_string()),
+            kind,
+            state,
+            self.name.to_string(),
+        );
+        let mut subscriptions = self.subscriptions.lock();
+        // Another consumer may have created it meanwhile: keep the first.
+        if let Some(existing) = subscriptions.get(name) {
+            if existing.kind() == kind {
+                return Ok(existing.clone());
+            }
+        }
+        subscriptions.insert(name.to_string(), handle.clone());
+        Ok(handle)
+    }
+
+    /// A reader's subscription: no durable cursor, starting after `after`.
+    pub fn reader(&self, after: Position) -> SubscriptionHandle {
+        SubscriptionHandle::start(
+            self.ledger.clone(),
+            None,
+            SubscriptionType::Exclusive,
+            CursorState::new(after),
+            self.name.to_string(),
+        )
+    }
+
+    /// Deletes a subscription and its cursor.
+    pub async fn delete_subscription(&self, name: &str) -> BrokerResult<()> {
+        self.subscriptions.lock().remove(name);
+        match self.ledger.delete_cursor(name).await {
+            Ok(()) => Ok(()),
+            Err(ManagedLedgerError::NoSuchCursor { .. }) => {
+                Err(BrokerError::SubscriptionNotFound(name.to_string()))
+            }
+            Err(error) => Err(error.into()),
+        }
+    }
+
+    /// The subscription `name` if it exists (its cursor may exist without a running task).
+    pub fn existing_subscription(&self, name: &str) -> Option<SubscriptionHandle> {
+        self.subscriptions.lock().get(name).cloned()
+    }
+
+    pub async fn stats(&self) -> TopicStats {
+        let handles: Vec<(String, Option<SubscriptionHandle>)> = {
+            let subscriptions = self.subscriptions.lock();
+            self.ledger
+                .cursor_names()
+                .into_iter()
+                .map(|name| {
+                    let handle = subscriptions.get(&name).cloned();
+                    (name, handle)
+                })
+                .collect()
+        };
+        let mut subscriptions = BTreeMap::new();
+        for (name, handle) in handles {
+            let live = match handle {
+                Some(handle) => handle.stats().await.unwrap_or_default(),
+                None => SubscriptionStats::default(),
+            };
+            let backlog_entries = self.ledger.backlog_entries(&name).unwrap_or(0);
+            let mark_delete = self
+                .ledger
+                .cursor_state(&name)
+                .map(|state| state.mark_delete().to_string())
+                .unwrap_or_default();
+            subscriptions.insert(
+                name,
+                SubscriptionEntryStats {
+                    live,
+                    backlog_entries,
+                    mark_delete,
+                },
+            );
+        }
+        TopicStats {
+            topic: self.name.to_string(),
+            messages_in: self.counters.messages_in.load(Ordering::Relaxed),
+            bytes_in: self.counters.bytes_in.load(Ordering::Relaxed),
+            entries_in: self.counters.entries_in.load(Ordering::Relaxed),
+            producers: self.producers.lock().iter().cloned().collect(),
+            ledgers: self.ledger.ledger_ids(),
+            last_confirmed: self.ledger.last_confirmed().to_string(),
+            subscriptions,
+        }
+    }
+
+    /// Writes the deduplication snapshot now if it changed.
+    pub async fn snapshot_dedup(&self) -> BrokerResult<()> {
+        let snapshot = {
+            let mut state = self.dedup.lock();
+            if !state.changed {
+                return Ok(());
+            }
+            state.changed = false;
+            DedupSnapshot {
+                ledger_id: state.covered.ledger_id,
+                entry_id: state.covered.entry_id,
+                producers: state.dedup.snapshot(),
+            }
+        };
+        let value = serde_json::to_vec(&snapshot).unwrap_or_default();
+        if let Err(error) = self.meta.put(&dedup_key(self.ledger.name()), value).await {
+            self.dedup.lock().changed = true;
+            return Err(error.into());
+        }
+        Ok(())
+    }
+
+    /// Stops serving: persists cursors and the deduplication snapshot, closes the log.
+    pub async fn close(&self) -> BrokerResult<()> {
+        self.snapshot_dedup().await?;
+        self.ledger.close().await?;
+        Ok(())
+    }
+}
+
+async fn snapshot_dedup_periodically(topic: std::sync::Weak<Topic>) {
+    loop {
+        tokio::time::sleep(DEDUP_SNAPSHOT_INTERVAL).await;
+        let Some(topic) = topic.upgrade() else {
+            return;
+        };
+        if topic.is_fenced() {
+            return;
+        }
+        if let Err(error) = topic.snapshot_dedup().await {
+            warn!(topic = %topic.name, %error, "deduplication snapshot failed; will retry");
+        }
+    }
+}

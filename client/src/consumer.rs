@@ -1,0 +1,800 @@
+//! Consumers and readers: flow control by permits, acknowledgements, negative
+//! acknowledgements with a redelivery delay, an optional ack timeout, a dead-letter topic, and
+//! reconnection after a broker loss or a move of the topic.
+//!
+//! Each partition has one task that owns its stream; every partition's messages meet in one
+//! queue the application receives from. The task grants the broker `receiver_queue` permits
+//! and grants more as the application takes messages.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use magnetar_proto::broker::{
+    consume_request, consume_response, seek, Ack, ConsumeRequest, ConsumeResponse, ErrorCode, Flow,
+    InitialPosition as WireInitialPosition, Redeliver, Seek, Subscribe,
+    SubscriptionType as WireSubscriptionType,
+};
+use tokio::sync::{mpsc, oneshot, Mutex, Notify};
+use tokio::time::Instant;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::Streaming;
+use tracing::{debug, warn};
+
+use crate::connection::{partition_names, Backoff, Client};
+use crate::error::{ClientError, Result};
+use crate::message::{MessageId, OutgoingMessage, ReceivedMessage};
+use crate::producer::Producer;
+
+/// How a subscription shares messages among its consumers (Pulsar's four types).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SubscriptionType {
+    Exclusive,
+    Failover,
+    Shared,
+    KeyShared,
+}
+
+impl SubscriptionType {
+    fn to_wire(self) -> WireSubscriptionType {
+        match self {
+            SubscriptionType::Exclusive => WireSubscriptionType::Exclusive,
+            SubscriptionType::Failover => WireSubscriptionType::Failover,
+            SubscriptionType::Shared => WireSubscriptionType::Shared,
+            SubscriptionType::KeyShared => WireSubscriptionType::KeyShared,
+        }
+    }
+}
+
+/// Where a new subscription starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InitialPosition {
+    Latest,
+    Earliest,
+}
+
+/// Messages delivered this many times without an acknowledgement go to a dead-letter topic.
+#[derive(Debug, Clone)]
+pub struct DeadLetterPolicy {
+    pub max_redeliveries: u32,
+    /// Default: `<topic>-<subscription>-DLQ`.
+    pub topic: Option<String>,
+}
+
+#[derive(Clone)]
+struct Settings {
+    subscription: String,
+    kind: SubscriptionType,
+    initial: InitialPosition,
+    name: String,
+    priority: i32,
+    receiver_queue: u32,
+    ack_timeout: Option<Duration>,
+    nack_delay: Duration,
+    dead_letter: Option<DeadLetterPolicy>,
+    non_durable: bool,
+    start: Option<MessageId>,
+    start_inclusive: bool,
+    start_publish_time_ms: u64,
+}
+
+/// Configures a consumer; `subscribe()` connects it.
+pub struct ConsumerBuilder {
+    client: Client,
+    topic: String,
+    settings: Settings,
+}
+
+impl ConsumerBuilder {
+    pub(crate) fn new(client: Client, topic: &str, subscription: &str) -> Self {
+        Self {
+            client,
+            topic: topic.to_string(),
+            settings: Settings {
+                subscription: subscription.to_string(),
+                kind: SubscriptionType::Exclusive,
+                initial: InitialPosition::Latest,
+                name: String::new(),
+                priority: 0,
+                receiver_queue: 1000,
+                ack_timeout: None,
+                nack_delay: Duration::from_secs(1),
+                dead_letter: None,
+                non_durable: false,
+                start: None,
+                start_inclusive: false,
+                start_publish_time_ms: 0,
+            },
+        }
+    }
+
+    pub fn subscription_type(mut self, kind: SubscriptionType) -> Self {
+        self.settings.kind = kind;
+        self
+    }
+
+    pub fn initial_position(mut self, initial: InitialPosition) -> Self {
+        self.settings.initial = initial;
+        self
+    }
+
+    /// The consumer's name: Failover orders consumers by priority, then name; Key_Shared
+    /// gives a consumer that reconnects under its name its keys back.
+    pub fn consumer_name(mut self, name: impl Into<String>) -> Self {
+        self.settings.name = name.into();
+        self
+    }
+
+    /// Failover: lower is preferred.
+    pub fn priority_level(mut self, priority: i32) -> Self {
+        self.settings.priority = priority;
+        self
+    }
+
+    /// Messages the broker may send ahead of the application.
+    pub fn receiver_queue_size(mut self, messages: u32) -> Self {
+        self.settings.receiver_queue = messages.max(1);
+        self
+    }
+
+    /// Redeliver a message not acknowledged this long after it was received.
+    pub fn ack_timeout(mut self, timeout: Duration) -> Self {
+        self.settings.ack_timeout = Some(timeout);
+        self
+    }
+
+    /// How long after a negative acknowledgement the message is delivered again.
+    pub fn negative_ack_redelivery_delay(mut self, delay: Duration) -> Self {
+        self.settings.nack_delay = delay;
+        self
+    }
+
+    pub fn dead_letter_policy(mut self, policy: DeadLetterPolicy) -> Self {
+        self.settings.dead_letter = Some(policy);
+        self
+    }
+
+    pub async fn subscribe(self) -> Result<Consumer> {
+        if self.settings.subscription.is_empty() && !self.settings.non_durable {
+            return Err(ClientError::InvalidArgument(
+                "a subscription needs a name".into(),
+            ));
+        }
+        Consumer::start(self.client, self.topic, self.settings).await
+    }
+}
+
+/// Configures a reader: a consumer without a durable subscription, starting at a message id,
+/// the earliest or latest message, or a publish time.
+pub struct ReaderBuilder {
+    inner: ConsumerBuilder,
+}
+
+impl ReaderBuilder {
+    pub(crate) fn new(client: Client, topic: &str) -> Self {
+        let mut inner = ConsumerBuilder::new(client, topic, "");
+        inner.settings.non_durable = true;
+        inner.settings.start = Some(MessageId::EARLIEST);
+        Self { inner }
+    }
+
+    /// Start at this message (exclusive unless `start_inclusive`), or at
+    /// [`MessageId::EARLIEST`] / [`MessageId::LATEST`].
+    pub fn start_message_id(mut self, id: MessageId) -> Self {
+        self.inner.settings.start = Some(id);
+        self
+    }
+
+    pub fn start_inclusive(mut self, inclusive: bool) -> Self {
+        self.inner.settings.start_inclusive = inclusive;
+        self
+    }
+
+    /// Start at the first message published at or after this time.
+    pub fn start_publish_time_ms(mut self, time_ms: u64) -> Self {
+        self.inner.settings.start_publish_time_ms = time_ms.max(1);
+        self
+    }
+
+    pub fn receiver_queue_size(mut self, messages: u32) -> Self {
+        self.inner = self.inner.receiver_queue_size(messages);
+        self
+    }
+
+    pub async fn create(self) -> Result<Reader> {
+        Ok(Reader {
+            consumer: Consumer::start(self.inner.client, self.inner.topic, self.inner.settings)
+                .await?,
+        })
+    }
+}
+
+/// A reader: `next()` returns the topic's messages in order from its start.
+pub struct Reader {
+    consumer: Consumer,
+}
+
+impl Reader {
+    pub async fn next(&self) -> Result<ReceivedMessage> {
+        self.consumer.receive().await
+    }
+
+    /// Waits at most `timeout` for the next message.
+    pub async fn next_timeout(&self, timeout: Duration) -> Result<Option<ReceivedMessage>> {
+        self.consumer.receive_timeout(timeout).await
+    }
+
+    pub async fn seek(&self, id: MessageId) -> Result<()> {
+        self.consumer.seek(id).await
+    }
+
+    pub async fn seek_publish_time(&self, time_ms: u64) -> Result<()> {
+        self.consumer.seek_publish_time(time_ms).await
+    }
+}
+
+/// A message with the seek generation of its partition when it arrived.
+type Stamped = (u32, ReceivedMessage);
+
+enum Command {
+    Ack(Vec<MessageId>, bool),
+    Nack(MessageId),
+    Seek(seek::Target, oneshot::Sender<Result<()>>),
+}
+
+struct PartitionHandle {
+    commands: mpsc::Sender<Command>,
+    taken: Arc<AtomicU32>,
+    wake: Arc<Notify>,
+}
+
+/// A consumer of one subscription (on every partition of a partitioned topic).
+pub struct Consumer {
+    topic: String,
+    kind: SubscriptionType,
+    partitions: Vec<PartitionHandle>,
+    received: Mutex<mpsc::UnboundedReceiver<Result<Stamped>>>,
+    /// Messages of a partition before a seek's completion are dropped: they carry an older
+    /// generation.
+    generations: Arc<Vec<AtomicU32>>,
+}
+
+impl Consumer {
+    async fn start(client: Client, topic: String, settings: Settings) -> Result<Consumer> {
+        let partitions = client.partitions(&topic).await?;
+        let topics: Vec<(String, i32)> = if partitions == 0 {
+            vec![(topic.clone(), -1)]
+        } else {
+            partition_names(&topic, partitions)
+                .into_iter()
+                .zip(0..)
+                .collect()
+        };
+        let (deliver, received) = mpsc::unbounded_channel();
+        let generations: Arc<Vec<AtomicU32>> =
+            Arc::new(topics.iter().map(|_| AtomicU32::new(0)).collect());
+        let mut handles = Vec::new();
+        for (slot, (partition_topic, partition)) in topics.into_iter().enumerate() {
+            let taken = Arc::new(AtomicU32::new(0));
+            let wake = Arc::new(Notify::new());
+            let (commands, inbox) = mpsc::channel(1024);
+            let mut task = PartitionTask {
+                client: client.clone(),
+                topic: partition_topic,
+                parent_topic: topic.clone(),
+                partition,
+                slot,
+                settings: settings.clone(),
+                deliver: deliver.clone(),
+                taken: taken.clone(),
+                wake: wake.clone(),
+                granted_since: 0,
+                nacked: Vec::new(),
+                unacked: HashMap::new(),
+                dead_letter: None,
+                generations: generations.clone(),
+                seek_waiter: None,
+            };
+            let connection = task.connect().await?;
+            tokio::spawn(task.run(connection, inbox));
+            handles.push(PartitionHandle {
+                commands,
+                taken,
+                wake,
+            });
+        }
+        Ok(Consumer {
+            topic,
+            kind: settings.kind,
+            partitions: handles,
+            received: Mutex::new(received),
+            generations,
+        })
+    }
+
+    pub fn topic(&self) -> &str {
+        &self.topic
+    }
+
+    fn slot_of(&self, id: &MessageId) -> usize {
+        if id.partition < 0 {
+            0
+        } else {
+            (id.partition as usize).min(self.partitions.len() - 1)
+        }
+    }
+
+    /// The next message.
+    pub async fn receive(&self) -> Result<ReceivedMessage> {
+        loop {
+            let next = self.received.lock().await.recv().await;
+            match next {
+                Some(Ok((generation, message))) => {
+                    if let Some(message) = self.accept(generation, message) {
+                        return Ok(message);
+                    }
+                }
+                Some(Err(error)) => return Err(error),
+                None => return Err(ClientError::Closed),
+            }
+        }
+    }
+
+    /// The next message, or `None` after `timeout`.
+    pub async fn receive_timeout(&self, timeout: Duration) -> Result<Option<ReceivedMessage>> {
+        match tokio::time::timeout(timeout, self.receive()).await {
+            Ok(result) => result.map(Some),
+            Err(_) => Ok(None),
+        }
+    }
+
+    /// Counts the message as taken (for permits) and drops it when a seek made it stale.
+    fn accept(&self, generation: u32, message: ReceivedMessage) -> Option<ReceivedMessage> {
+        let slot = self.slot_of(&message.id);
+        let handle = &self.partitions[slot];
+        handle.taken.fetch_add(1, Ordering::Relaxed);
+        handle.wake.notify_one();
+        if generation != self.generations[slot].load(Ordering::Acquire) {
+            return None;
+        }
+        Some(message)
+    }
+
+    async fn command(&self, slot: usize, command: Command) -> Result<()> {
+        self.partitions[slot]
+            .commands
+            .send(command)
+            .await
+            .map_err(|_| ClientError::Closed)
+    }
+
+    pub async fn ack(&self, message: &ReceivedMessage) -> Result<()> {
+        self.ack_id(message.id).await
+    }
+
+    pub async fn ack_id(&self, id: MessageId) -> Result<()> {
+        self.command(self.slot_of(&id), Command::Ack(vec![id], false))
+            .await
+    }
+
+    /// Acknowledges this message and every earlier one (Exclusive and Failover only).
+    pub async fn ack_cumulative(&self, message: &ReceivedMessage) -> Result<()> {
+        if matches!(
+            self.kind,
+            SubscriptionType::Shared | SubscriptionType::KeyShared
+        ) {
+            return Err(ClientError::Broker {
+                code: ErrorCode::CumulativeAckNotAllowed,
+                message: "cumulative acknowledgement is not allowed on Shared or Key_Shared subscriptions; acknowledge each message".into(),
+            });
+        }
+        self.command(
+            self.slot_of(&message.id),
+            Command::Ack(vec![message.id], true),
+        )
+        .await
+    }
+
+    /// The message is delivered again after the negative-ack delay.
+    pub async fn nack(&self, message: &ReceivedMessage) -> Result<()> {
+        self.command(self.slot_of(&message.id), Command::Nack(message.id))
+            .await
+    }
+
+    /// Moves the subscription: the next message received is `id` (or the first message after
+    /// [`MessageId::EARLIEST`], or the next published after [`MessageId::LATEST`]).
+    pub async fn seek(&self, id: MessageId) -> Result<()> {
+        self.seek_to(seek::Target::MessageId(id.to_wire())).await
+    }
+
+    /// Moves the subscription to the first message published at or after `time_ms`.
+    pub async fn seek_publish_time(&self, time_ms: u64) -> Result<()> {
+        self.seek_to(seek::Target::PublishTimeMs(time_ms)).await
+    }
+
+    async fn seek_to(&self, target: seek::Target) -> Result<()> {
+        for slot in 0..self.partitions.len() {
+            let (reply, answer) = oneshot::channel();
+            self.command(slot, Command::Seek(target.clone(), reply))
+                .await?;
+            answer.await.map_err(|_| ClientError::Closed)??;
+        }
+        Ok(())
+    }
+}
+
+struct Connection {
+    requests: mpsc::Sender<ConsumeRequest>,
+    responses: Streaming<ConsumeResponse>,
+}
+
+struct PartitionTask {
+    client: Client,
+    topic: String,
+    parent_topic: String,
+    partition: i32,
+    slot: usize,
+    settings: Settings,
+    deliver: mpsc::UnboundedSender<Result<Stamped>>,
+    taken: Arc<AtomicU32>,
+    wake: Arc<Notify>,
+    /// Messages taken by the application since permits were last granted.
+    granted_since: u32,
+    nacked: Vec<(Instant, MessageId)>,
+    /// Received, not acknowledged: when (for the ack timeout).
+    unacked: HashMap<MessageId, Instant>,
+    dead_letter: Option<Producer>,
+    generations: Arc<Vec<AtomicU32>>,
+    seek_waiter: Option<oneshot::Sender<Result<()>>>,
+}
+
+fn consume_request(kind: consume_request::Kind) -> ConsumeRequest {
+    ConsumeRequest { kind: Some(kind) }
+}
+
+impl PartitionTask {
+    async fn connect(&mut self) -> Result<Connection> {
+        let (address, _) = self.client.lookup(&self.topic).await?;
+        let mut broker = self.client.broker(&address).await?;
+        let (requests, outbound) = mpsc::channel(1024);
+        let settings = &self.settings;
+        let start_message_id = settings.start.map(|id| {
+            let mut wire = id.to_wire();
+            wire.partition = self.partition;
+            wire
+        });
+        let subscribe = Subscribe {
+            topic: self.topic.clone(),
+            subscription: settings.subscription.clone(),
+            subscription_type: settings.kind.to_wire() as i32,
+            initial_position: match settings.initial {
+                InitialPosition::Latest => WireInitialPosition::Latest,
+                InitialPosition::Earliest => WireInitialPosition::Earliest,
+            } as i32,
+            consumer_name: settings.name.clone(),
+            priority_level: settings.priority,
+            non_durable: settings.non_durable,
+            start_message_id: if settings.non_durable {
+                start_message_id
+            } else {
+                None
+            },
+            start_publish_time_ms: settings.start_publish_time_ms,
+            start_inclusive: settings.start_inclusive,
+        };
+        let _ = requests
+            .send(consume_request(consume_request::Kind::Subscribe(subscribe)))
+            .await;
+        let mut responses = match broker.consume(ReceiverStream::new(outbound)).await {
+            Ok(response) => response.into_inner(),
+            Err(status) => {
+                self.client.drop_connection(&address);
+                return Err(ClientError::Unreachable {
+                    address,
+                    reason: status.message().to_string(),
+                });
+            }
+        };
+        match responses.message().await {
+            Ok(Some(ConsumeResponse {
+                kind: Some(consume_response::Kind::Subscribed(_)),
+            })) => {}
+            Ok(Some(ConsumeResponse {
+                kind: Some(consume_response::Kind::Closed(error)),
+            })) => return Err(ClientError::from_wire(&error)),
+            Ok(_) => return Err(ClientError::Closed),
+            Err(status) => {
+                self.client.drop_connection(&address);
+                return Err(ClientError::Unreachable {
+                    address,
+                    reason: status.message().to_string(),
+                });
+            }
+        }
+        let _ = requests
+            .send(consume_request(consume_request::Kind::Flow(Flow {
+                permits: self.settings.receiver_queue,
+            })))
+            .await;
+        self.granted_since = 0;
+        self.taken.store(0, Ordering::Relaxed);
+        // Whatever was out at this consumer is redelivered by the broker.
+        self.unacked.clear();
+        Ok(Connection {
+            requests,
+            responses,
+        })
+    }
+
+    async fn reconnect(&mut self) -> Option<Connection> {
+        let mut backoff = Backoff::new();
+        loop {
+            backoff.wait().await;
+            if self.deliver.is_closed() {
+                return None;
+            }
+            match self.connect().await {
+                Ok(connection) => {
+                    debug!(topic = %self.topic, "consumer reconnected");
+                    return Some(connection);
+                }
+                Err(error)
+                    if error.is_retryable() || error.code() == Some(ErrorCode::ConsumerBusy) =>
+                {
+                    debug!(topic = %self.topic, %error, "consumer reconnect failed; retrying")
+                }
+                Err(error) => {
+                    warn!(topic = %self.topic, %error, "consumer cannot reconnect");
+                    let _ = self.deliver.send(Err(error));
+                    return None;
+                }
+            }
+        }
+    }
+
+    fn next_timer(&self) -> Option<Instant> {
+        let nack = self.nacked.iter().map(|(due, _)| *due).min();
+        let timeout = self.settings.ack_timeout.and_then(|timeout| {
+            self.unacked
+                .values()
+                .min()
+                .map(|received| *received + timeout)
+        });
+        match (nack, timeout) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    async fn run(mut self, mut connection: Connection, mut inbox: mpsc::Receiver<Command>) {
+        let mut backoff = Backoff::new();
+        loop {
+            let timer = self.next_timer();
+            let wake = self.wake.clone();
+            let broken = tokio::select! {
+                response = connection.responses.message() => match response {
+                    Ok(Some(ConsumeResponse { kind: Some(kind) })) => !self.handle(kind, &connection).await,
+                    Ok(_) | Err(_) => true,
+                },
+                command = inbox.recv() => match command {
+                    Some(command) => !self.command(command, &connection).await,
+                    None => return,
+                },
+                _ = wake.notified() => !self.grant_permits(&connection).await,
+                _ = tokio::time::sleep_until(timer.unwrap_or_else(Instant::now)), if timer.is_some() => {
+                    !self.redeliver_due(&connection).await
+                }
+            };
+            if self.deliver.is_closed() {
+                return;
+            }
+            if broken {
+                match self.reconnect().await {
+                    Some(fresh) => {
+                        connection = fresh;
+                        backoff.reset();
+                    }
+                    None => return,
+                }
+            }
+        }
+    }
+
+    async fn grant_permits(&mut self, connection: &Connection) -> bool {
+        let taken = self.taken.swap(0, Ordering::Relaxed);
+        self.granted_since += taken;
+        if self.granted_since >= (self.settings.receiver_queue / 2).max(1) {
+            let permits = std::mem::take(&mut self.granted_since);
+            return connection
+                .requests
+                .send(consume_request(consume_request::Kind::Flow(Flow {
+                    permits,
+                })))
+                .await
+                .is_ok();
+        }
+        true
+    }
+
+    async fn handle(&mut self, kind: consume_response::Kind, connection: &Connection) -> bool {
+        match kind {
+            consume_response::Kind::Deliveries(deliveries) => {
+                let generation = self.generations[self.slot].load(Ordering::Acquire);
+                let start = self.settings.start.filter(|_| self.settings.non_durable);
+                for delivery in deliveries.deliveries {
+                    let message =
+                        ReceivedMessage::from_delivery(delivery, &self.topic, self.partition);
+                    if let Some(start) = start {
+                        // A reader starting inside a batch skips the batch's earlier messages.
+                        let key = (
+                            message.id.ledger_id,
+                            message.id.entry_id,
+                            message.id.batch_index,
+                        );
+                        let from = (start.ledger_id, start.entry_id, start.batch_index);
+                        if start.ledger_id != 0
+                            && start.ledger_id != u64::MAX
+                            && (key < from || (key == from && !self.settings.start_inclusive))
+                        {
+                            continue;
+                        }
+                    }
+                    if let Some(policy) = &self.settings.dead_letter {
+                        if message.redelivery_count >= policy.max_redeliveries {
+                            if self.dead_letter(&message).await.is_ok() {
+                                let _ = connection
+                                    .requests
+                                    .send(consume_request(consume_request::Kind::Ack(Ack {
+                                        message_ids: vec![message.id.to_wire()],
+                                        cumulative: false,
+                                    })))
+                                    .await;
+                                self.taken.fetch_add(1, Ordering::Relaxed);
+                                continue;
+                            }
+                        }
+                    }
+                    if self.settings.ack_timeout.is_some() {
+                        self.unacked.insert(message.id, Instant::now());
+                    }
+                    if self.deliver.send(Ok((generation, message))).is_err() {
+                        return true;
+                    }
+                }
+                true
+            }
+            consume_response::Kind::Active(active) => {
+                debug!(topic = %self.topic, active, "failover state changed");
+                true
+            }
+            consume_response::Kind::SeekDone(_) => {
+                self.generations[self.slot].fetch_add(1, Ordering::AcqRel);
+                self.unacked.clear();
+                self.nacked.clear();
+                // The dropped messages' permits come back.
+                let ok = connection
+                    .requests
+                    .send(consume_request(consume_request::Kind::Flow(Flow {
+                        permits: self.settings.receiver_queue,
+                    })))
+                    .await
+                    .is_ok();
+                if let Some(waiter) = self.seek_waiter.take() {
+                    let _ = waiter.send(Ok(()));
+                }
+                ok
+            }
+            consume_response::Kind::Error(error) => {
+                let error = ClientError::from_wire(&error);
+                if let Some(waiter) = self.seek_waiter.take() {
+                    let _ = waiter.send(Err(error));
+                } else {
+                    warn!(topic = %self.topic, %error, "the broker refused a consumer request");
+                }
+                true
+            }
+            consume_response::Kind::Closed(error) => {
+                debug!(topic = %self.topic, message = %error.message, "consumer closed by the broker");
+                false
+            }
+            consume_response::Kind::Subscribed(_) => true,
+        }
+    }
+
+    async fn dead_letter(&mut self, message: &ReceivedMessage) -> Result<()> {
+        if self.dead_letter.is_none() {
+            let topic = self
+                .settings
+                .dead_letter
+                .as_ref()
+                .and_then(|policy| policy.topic.clone())
+                .unwrap_or_else(|| {
+                    format!("{}-{}-DLQ", self.parent_topic, self.settings.subscription)
+                });
+            self.dead_letter = Some(self.client.producer(&topic).create().await?);
+        }
+        let Some(producer) = &self.dead_letter else {
+            return Err(ClientError::Closed);
+        };
+        let mut outgoing = OutgoingMessage::new(message.payload.clone());
+        outgoing.key = message.key.clone();
+        outgoing.properties = message.properties.clone();
+        outgoing.event_time_ms = message.event_time_ms;
+        outgoing
+            .properties
+            .insert("ORIGIN_MESSAGE_ID".into(), message.id.to_string());
+        producer.send(outgoing).await.map(|_| ())
+    }
+
+    async fn command(&mut self, command: Command, connection: &Connection) -> bool {
+        let request = match command {
+            Command::Ack(ids, cumulative) => {
+                for id in &ids {
+                    self.unacked.remove(id);
+                }
+                if cumulative {
+                    if let Some(through) = ids.first() {
+                        self.unacked.retain(|id, _| id > through);
+                    }
+                }
+                consume_request::Kind::Ack(Ack {
+                    message_ids: ids.into_iter().map(MessageId::to_wire).collect(),
+                    cumulative,
+                })
+            }
+            Command::Nack(id) => {
+                self.unacked.remove(&id);
+                self.nacked
+                    .push((Instant::now() + self.settings.nack_delay, id));
+                return true;
+            }
+            Command::Seek(target, reply) => {
+                self.seek_waiter = Some(reply);
+                consume_request::Kind::Seek(Seek {
+                    target: Some(target),
+                })
+            }
+        };
+        connection
+            .requests
+            .send(consume_request(request))
+            .await
+            .is_ok()
+    }
+
+    async fn redeliver_due(&mut self, connection: &Connection) -> bool {
+        let now = Instant::now();
+        let mut due: Vec<MessageId> = Vec::new();
+        self.nacked.retain(|(at, id)| {
+            if *at <= now {
+                due.push(*id);
+                false
+            } else {
+                true
+            }
+        });
+        if let Some(timeout) = self.settings.ack_timeout {
+            self.unacked.retain(|id, received| {
+                if *received + timeout <= now {
+                    due.push(*id);
+                    false
+                } else {
+                    true
+                }
+            });
+        }
+        if due.is_empty() {
+            return true;
+        }
+        connection
+            .requests
+            .send(consume_request(consume_request::Kind::Redeliver(
+                Redeliver {
+                    message_ids: due.into_iter().map(MessageId::to_wire).collect(),
+                },
+            )))
+            .await
+            .is_ok()
+    }
+}
