@@ -142,7 +142,21 @@ impl Client {
 
     /// The address of the broker serving `topic`, and the topic's full name.
     pub(crate) async fn lookup(&self, topic: &str) -> Result<(String, String)> {
-        let (address, mut broker) = self.service_broker().await?;
+        let mut last_error = None;
+        for address in &self.inner.service_addresses {
+            match self.lookup_at(address, topic).await {
+                Ok(found) => return Ok(found),
+                // A broker that is down or stopping: ask the next one.
+                Err(error) if error.is_retryable() => last_error = Some(error),
+                Err(error) => return Err(error),
+            }
+        }
+        Err(last_error.unwrap_or(ClientError::Closed))
+    }
+
+    async fn lookup_at(&self, address: &str, topic: &str) -> Result<(String, String)> {
+        let address = address.to_string();
+        let mut broker = self.broker(&address).await?;
         let response = broker
             .lookup(LookupRequest {
                 topic: topic.to_string(),

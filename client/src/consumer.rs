@@ -295,6 +295,11 @@ impl Consumer {
                 dead_letter: None,
                 generations: generations.clone(),
                 seek_waiter: None,
+                skip_before: if settings.non_durable {
+                    skip_filter(settings.start, settings.start_inclusive)
+                } else {
+                    None
+                },
             };
             let connection = task.connect().await?;
             tokio::spawn(task.run(connection, inbox));
@@ -447,6 +452,14 @@ struct PartitionTask {
     dead_letter: Option<Producer>,
     generations: Arc<Vec<AtomicU32>>,
     seek_waiter: Option<oneshot::Sender<Result<()>>>,
+    /// Messages before this id (or at it, unless inclusive) are skipped.
+    skip_before: Option<(MessageId, bool)>,
+}
+
+/// The skip filter for a start or seek at `id`: none for the earliest or latest position.
+fn skip_filter(id: Option<MessageId>, inclusive: bool) -> Option<(MessageId, bool)> {
+    id.filter(|id| id.ledger_id != 0 && id.ledger_id != u64::MAX)
+        .map(|id| (id, inclusive))
 }
 
 fn consume_request(kind: consume_request::Kind) -> ConsumeRequest {
@@ -621,22 +634,30 @@ impl PartitionTask {
         match kind {
             consume_response::Kind::Deliveries(deliveries) => {
                 let generation = self.generations[self.slot].load(Ordering::Acquire);
-                let start = self.settings.start.filter(|_| self.settings.non_durable);
                 for delivery in deliveries.deliveries {
                     let message =
                         ReceivedMessage::from_delivery(delivery, &self.topic, self.partition);
-                    if let Some(start) = start {
-                        // A reader starting inside a batch skips the batch's earlier messages.
+                    if let Some((from, inclusive)) = self.skip_before {
+                        // The broker sends whole entries: a start or seek inside a batch skips
+                        // the batch's earlier messages (acknowledging them for a subscription,
+                        // so the entry can complete).
                         let key = (
                             message.id.ledger_id,
                             message.id.entry_id,
                             message.id.batch_index,
                         );
-                        let from = (start.ledger_id, start.entry_id, start.batch_index);
-                        if start.ledger_id != 0
-                            && start.ledger_id != u64::MAX
-                            && (key < from || (key == from && !self.settings.start_inclusive))
-                        {
+                        let from = (from.ledger_id, from.entry_id, from.batch_index);
+                        if key < from || (key == from && !inclusive) {
+                            if !self.settings.non_durable {
+                                let _ = connection
+                                    .requests
+                                    .send(consume_request(consume_request::Kind::Ack(Ack {
+                                        message_ids: vec![message.id.to_wire()],
+                                        cumulative: false,
+                                    })))
+                                    .await;
+                            }
+                            self.taken.fetch_add(1, Ordering::Relaxed);
                             continue;
                         }
                     }
@@ -751,6 +772,12 @@ impl PartitionTask {
             }
             Command::Seek(target, reply) => {
                 self.seek_waiter = Some(reply);
+                self.skip_before = match &target {
+                    seek::Target::MessageId(id) => {
+                        skip_filter(Some(MessageId::from_wire(id, self.partition)), true)
+                    }
+                    seek::Target::PublishTimeMs(_) => None,
+                };
                 consume_request::Kind::Seek(Seek {
                     target: Some(target),
                 })

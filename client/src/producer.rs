@@ -250,6 +250,8 @@ struct PartitionTask {
     in_flight: VecDeque<InFlight>,
     in_flight_messages: usize,
     flush_waiters: Vec<oneshot::Sender<()>>,
+    /// The broker's limit on a stored batch.
+    max_message_size_bytes: usize,
 }
 
 impl PartitionTask {
@@ -274,6 +276,7 @@ impl PartitionTask {
             in_flight: VecDeque::new(),
             in_flight_messages: 0,
             flush_waiters: Vec::new(),
+            max_message_size_bytes: usize::MAX,
         };
         // The first connection's failure is the caller's to see.
         let connection = task.connect().await?;
@@ -321,6 +324,7 @@ impl PartitionTask {
             }
         };
         self.name = Some(opened.producer_name);
+        self.max_message_size_bytes = (opened.max_message_size_bytes as usize).max(1024) - 512;
         let continue_from = (opened.last_sequence_id + 1).max(0) as u64;
         self.next_sequence_id = self.next_sequence_id.max(continue_from);
         // Resend everything not acknowledged, in order; duplicates are recognised.
@@ -377,6 +381,10 @@ impl PartitionTask {
             tokio::select! {
                 command = inbox.recv(), if inbox_open && room => match command {
                     Some(Command::Send(message, waiter)) => {
+                        if self.building_bytes + message.encoded_len_estimate() > self.max_message_size_bytes {
+                            // With this message the batch would be refused whole.
+                            broken |= !self.send_batch(&connection).await;
+                        }
                         self.add(message, waiter);
                         if self.batch_full() {
                             broken |= !self.send_batch(&connection).await;
@@ -420,6 +428,17 @@ impl PartitionTask {
     }
 
     fn add(&mut self, message: OutgoingMessage, waiter: oneshot::Sender<Result<MessageId>>) {
+        let size = message.encoded_len_estimate();
+        if size > self.max_message_size_bytes {
+            let _ = waiter.send(Err(ClientError::Broker {
+                code: ErrorCode::MessageTooLarge,
+                message: format!(
+                    "message of {size} bytes is over the broker's limit of {} bytes",
+                    self.max_message_size_bytes
+                ),
+            }));
+            return;
+        }
         if self.building.is_empty() {
             self.batch_deadline = Some(Instant::now() + self.settings.batch_delay);
         }

@@ -36,6 +36,8 @@ use crate::TopicName;
 
 /// Receipts a producer stream has waiting before it stops reading more sends.
 const MAX_PENDING_SENDS_PER_PRODUCER: usize = 10_000;
+/// How often a consumer stream checks that its topic was not taken over.
+const OWNERSHIP_CHECK_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// The gRPC face of a [`BrokerService`].
 #[derive(Clone)]
@@ -89,6 +91,7 @@ impl Broker for BrokerGrpc {
         request: Request<PartitionedMetadataRequest>,
     ) -> Result<Response<PartitionedMetadataResponse>, Status> {
         let result = async {
+            self.service.check_serving()?;
             let topic = parse_topic(&request.get_ref().topic)?;
             self.service.partitions(&topic).await
         }
@@ -196,7 +199,7 @@ async fn run_producer(
         .await
         .is_ok()
     {
-        serve_producer(&topic, &producer_name, &mut inbound, &responses).await;
+        serve_producer(&topic, &producer_name, &mut inbound, &responses, &service).await;
     }
     topic.remove_producer(&producer_name);
     if topic.is_fenced() {
@@ -210,7 +213,9 @@ async fn serve_producer(
     producer_name: &str,
     inbound: &mut Streaming<ProduceRequest>,
     responses: &ProduceSender,
+    service: &BrokerService,
 ) {
+    let mut ownership_check = tokio::time::interval(OWNERSHIP_CHECK_INTERVAL);
     type Waiting =
         Pin<Box<dyn std::future::Future<Output = Result<ProduceResponse, Status>> + Send>>;
     let mut waiting: FuturesOrdered<Waiting> = FuturesOrdered::new();
@@ -218,6 +223,13 @@ async fn serve_producer(
     loop {
         let can_read = inbound_open && waiting.len() < MAX_PENDING_SENDS_PER_PRODUCER;
         tokio::select! {
+            _ = ownership_check.tick() => {
+                if topic.is_fenced() || service.check_serving().is_err() {
+                    let error = BrokerError::NotOwner { topic: topic.name.to_string() };
+                    let _ = responses.send(produce_response(produce_response::Kind::Closed(error.to_wire()))).await;
+                    return;
+                }
+            }
             request = inbound.message(), if can_read => {
                 let batch = match request {
                     Ok(Some(ProduceRequest { kind: Some(produce_request::Kind::Send(batch)) })) => batch,
@@ -443,6 +455,7 @@ async fn run_consumer(
             &mut inbound,
             &mut event_inbox,
             &responses,
+            &service,
         )
         .await;
     }
@@ -459,9 +472,19 @@ async fn serve_consumer(
     inbound: &mut Streaming<ConsumeRequest>,
     events: &mut mpsc::Receiver<ConsumerEvent>,
     responses: &ConsumeSender,
+    service: &BrokerService,
 ) {
+    // A consumer of a topic another broker took over must move there too.
+    let mut ownership_check = tokio::time::interval(OWNERSHIP_CHECK_INTERVAL);
     loop {
         tokio::select! {
+            _ = ownership_check.tick() => {
+                if topic.is_fenced() || service.check_serving().is_err() {
+                    let error = BrokerError::NotOwner { topic: topic.name.to_string() };
+                    let _ = responses.send(consume_response(consume_response::Kind::Closed(error.to_wire()))).await;
+                    return;
+                }
+            }
             request = inbound.message() => {
                 let kind = match request {
                     Ok(Some(ConsumeRequest { kind: Some(kind) })) => kind,

@@ -19,7 +19,7 @@ pub mod subscription;
 pub mod topic;
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use magnetar_bookie::LedgerClient;
@@ -50,6 +50,8 @@ pub struct BrokerService {
     /// Owner keys this broker holds.
     owned: Mutex<HashSet<String>>,
     next_id: AtomicU64,
+    /// Set when the broker stops abruptly: every stream closes, every request is refused.
+    halted: AtomicBool,
 }
 
 impl BrokerService {
@@ -69,7 +71,23 @@ impl BrokerService {
             topics: Mutex::new(HashMap::new()),
             owned: Mutex::new(HashSet::new()),
             next_id: AtomicU64::new(1),
+            halted: AtomicBool::new(false),
         })
+    }
+
+    /// Stops serving at once, closing nothing (as a crash would leave the logs).
+    pub fn halt(&self) {
+        self.halted.store(true, Ordering::Release);
+        self.topics.lock().clear();
+        self.owned.lock().clear();
+    }
+
+    /// Refuses requests once halted.
+    pub fn check_serving(&self) -> BrokerResult<()> {
+        if self.halted.load(Ordering::Acquire) {
+            return Err(BrokerError::Unavailable("this broker is stopping".into()));
+        }
+        Ok(())
     }
 
     pub fn address(&self) -> &str {
@@ -122,6 +140,7 @@ impl BrokerService {
     /// The address of the broker serving `topic`, assigning it to the least-loaded live broker
     /// when no one does.
     pub async fn lookup(&self, topic: &TopicName) -> BrokerResult<String> {
+        self.check_serving()?;
         let policies = namespaces::policies(&self.meta, &topic.tenant, &topic.namespace).await?;
         let key = ownership::owner_key(topic, ownership::bundle_for(topic, policies.bundles));
         if let Some(owner) = ownership::owner_of(&self.meta, &key).await? {
@@ -170,6 +189,7 @@ impl BrokerService {
 
     /// The topic, loaded (and taken over from any previous owner) on first use.
     pub async fn topic(&self, name: &TopicName) -> BrokerResult<Arc<Topic>> {
+        self.check_serving()?;
         self.ensure_owner(name).await?;
         let cell = {
             let mut topics = self.topics.lock();

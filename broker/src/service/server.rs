@@ -80,7 +80,9 @@ impl RunningBroker {
             }
             connection
         });
-        let limit = config.max_message_size_bytes + (1 << 20);
+        // Twice the limit on the wire, so an oversized batch reaches the broker and is refused
+        // with MESSAGE_TOO_LARGE instead of breaking the stream.
+        let limit = 2 * config.max_message_size_bytes + (1 << 20);
         let grpc = BrokerServer::new(BrokerGrpc::new(service.clone()))
             .max_decoding_message_size(limit)
             .max_encoding_message_size(limit.max(64 << 20));
@@ -133,6 +135,7 @@ impl RunningBroker {
     /// Stops at once without closing anything: what a crash looks like to the others (its
     /// session expires after its TTL).
     pub fn abort(mut self) {
+        self.service.halt();
         self.watchdog.abort();
         if let Some(task) = self.server_task.take() {
             task.abort();
