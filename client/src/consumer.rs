@@ -421,8 +421,7 @@ impl Consumer {
     async fn seek_to(&self, target: seek::Target) -> Result<()> {
         for slot in 0..self.partitions.len() {
             let (reply, answer) = oneshot::channel();
-            self.command(slot, Command::Seek(target.clone(), reply))
-                .await?;
+            self.command(slot, Command::Seek(target, reply)).await?;
             answer.await.map_err(|_| ClientError::Closed)??;
         }
         Ok(())
@@ -661,20 +660,20 @@ impl PartitionTask {
                             continue;
                         }
                     }
-                    if let Some(policy) = &self.settings.dead_letter {
-                        if message.redelivery_count >= policy.max_redeliveries {
-                            if self.dead_letter(&message).await.is_ok() {
-                                let _ = connection
-                                    .requests
-                                    .send(consume_request(consume_request::Kind::Ack(Ack {
-                                        message_ids: vec![message.id.to_wire()],
-                                        cumulative: false,
-                                    })))
-                                    .await;
-                                self.taken.fetch_add(1, Ordering::Relaxed);
-                                continue;
-                            }
-                        }
+                    let exhausted =
+                        self.settings.dead_letter.as_ref().is_some_and(|policy| {
+                            message.redelivery_count >= policy.max_redeliveries
+                        });
+                    if exhausted && self.dead_letter(&message).await.is_ok() {
+                        let _ = connection
+                            .requests
+                            .send(consume_request(consume_request::Kind::Ack(Ack {
+                                message_ids: vec![message.id.to_wire()],
+                                cumulative: false,
+                            })))
+                            .await;
+                        self.taken.fetch_add(1, Ordering::Relaxed);
+                        continue;
                     }
                     if self.settings.ack_timeout.is_some() {
                         self.unacked.insert(message.id, Instant::now());

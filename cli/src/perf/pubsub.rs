@@ -284,10 +284,12 @@ async fn run_async(mode: Mode, args: PubSubPerfArgs) -> anyhow::Result<()> {
 
     let published = shared.published.load(Ordering::Relaxed);
     let consumed = shared.consumed.load(Ordering::Relaxed);
-    let total = shared
-        .total
-        .lock()
-        .map_err(|_| anyhow::anyhow!("a benchmark task panicked"))?;
+    let total = std::mem::take(
+        &mut *shared
+            .total
+            .lock()
+            .map_err(|_| anyhow::anyhow!("a benchmark task panicked"))?,
+    );
     let publish_rate = published as f64 / publish_elapsed.as_secs_f64();
     let consume_rate = consumed as f64 / consume_elapsed.as_secs_f64();
     let mut figures = Figures::default();
@@ -322,7 +324,6 @@ async fn run_async(mode: Mode, args: PubSubPerfArgs) -> anyhow::Result<()> {
         .set("e2e_p99_us", total.end_to_end.percentile_us(99.0))
         .set("e2e_p999_us", total.end_to_end.percentile_us(99.9))
         .set_f64("consume_msgs_per_sec", consume_rate);
-    drop(total);
     if !args.json {
         eprintln!(
             "published {published} msgs ({publish_rate:.0}/s), consumed {consumed} ({consume_rate:.0}/s)"
