@@ -346,7 +346,11 @@ impl PartitionTask {
                     debug!(topic = %self.topic, "producer reconnected");
                     return Some(connection);
                 }
-                Err(error) if error.is_retryable() => {
+                // PRODUCER_BUSY: the broker has not yet torn down this producer's previous
+                // stream; it will shortly.
+                Err(error)
+                    if error.is_retryable() || error.code() == Some(ErrorCode::ProducerBusy) =>
+                {
                     debug!(topic = %self.topic, %error, "producer reconnect failed; retrying")
                 }
                 Err(error) => {

@@ -21,6 +21,10 @@ pub struct ClusterShape {
     pub quorum: (usize, usize, usize),
     /// Broker session TTL: how long a dead broker keeps its topics.
     pub broker_session_ttl: Duration,
+    /// A topic's ledger rolls over after this many entries.
+    pub ledger_rollover_entries: u64,
+    /// How often brokers apply namespace policies.
+    pub policy_check_interval: Duration,
 }
 
 impl Default for ClusterShape {
@@ -31,6 +35,8 @@ impl Default for ClusterShape {
             brokers: 2,
             quorum: (3, 3, 2),
             broker_session_ttl: Duration::from_millis(1500),
+            ledger_rollover_entries: BrokerConfig::default().ledger_rollover_entries,
+            policy_check_interval: Duration::from_millis(100),
         }
     }
 }
@@ -112,6 +118,8 @@ impl Cluster {
             write_quorum,
             ack_quorum,
             session_ttl_ms: shape.broker_session_ttl.as_millis() as u64,
+            ledger_rollover_entries: shape.ledger_rollover_entries,
+            policy_check_interval_ms: shape.policy_check_interval.as_millis() as u64,
             ..BrokerConfig::default()
         })
         .await?)

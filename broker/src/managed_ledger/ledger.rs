@@ -137,6 +137,8 @@ struct State {
     last_confirmed: Position,
     cache: EntryCache,
     cursors: BTreeMap<String, CursorEntry>,
+    /// Starts as the config's; a namespace's policy may change it while the log is open.
+    retention: RetentionPolicy,
 }
 
 impl State {
@@ -219,6 +221,7 @@ impl ManagedLedger {
                 last_confirmed,
                 cache: EntryCache::new(config.cache_capacity_bytes),
                 cursors,
+                retention: config.retention,
             }),
             config,
             readers: Mutex::new(HashMap::new()),
@@ -529,6 +532,36 @@ impl ManagedLedger {
         Ok(entry
             .state
             .backlog_entries(&state.layout, state.last_confirmed))
+    }
+
+    /// The largest backlog over every cursor, in entries (0 without cursors).
+    pub fn max_backlog_entries(&self) -> u64 {
+        let state = self.inner.state.lock();
+        state
+            .cursors
+            .values()
+            .map(|entry| {
+                entry
+                    .state
+                    .backlog_entries(&state.layout, state.last_confirmed)
+            })
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// Bytes stored in the log: closed ledgers as listed, plus the ledger being written.
+    pub fn stored_size_bytes(&self) -> u64 {
+        let state = self.inner.state.lock();
+        let mut infos = state.log.ledger_infos();
+        if let Some(current) = infos.last_mut() {
+            current.size_bytes = state.current_size_bytes;
+        }
+        infos.iter().map(|ledger| ledger.size_bytes).sum()
+    }
+
+    /// Changes how long consumed data is kept; applies from the next trim.
+    pub fn set_retention(&self, policy: RetentionPolicy) {
+        self.inner.state.lock().retention = policy;
     }
 
     /// Writes every dirty cursor now (the background task does so every
@@ -1053,7 +1086,7 @@ impl Appender {
                 current.size_bytes = state.current_size_bytes;
             }
             let slowest = state.cursors.values().map(|c| c.state.mark_delete()).min();
-            let doomed = ledgers_to_delete(&infos, slowest, self.inner.config.retention, now_ms());
+            let doomed = ledgers_to_delete(&infos, slowest, state.retention, now_ms());
             let mut log = state.log.clone();
             log.ledgers
                 .retain(|ledger| !doomed.contains(&ledger.ledger_id));

@@ -38,6 +38,9 @@ pub struct BrokerConfig {
     pub ledger_rollover_entries: u64,
     /// Bytes of recent entries kept in memory per topic for tailing consumers.
     pub entry_cache_bytes: usize,
+    /// How often namespace policies are re-read and applied (retention, message TTL, backlog
+    /// quota), in milliseconds.
+    pub policy_check_interval_ms: u64,
 }
 
 impl Default for BrokerConfig {
@@ -55,6 +58,7 @@ impl Default for BrokerConfig {
             session_ttl_ms: 10_000,
             ledger_rollover_entries: 50_000,
             entry_cache_bytes: 64 << 20,
+            policy_check_interval_ms: 1_000,
         }
     }
 }
@@ -76,6 +80,9 @@ impl BrokerConfig {
         }
         if self.max_message_size_bytes < 1024 {
             return Err("max_message_size_bytes must be at least 1024".into());
+        }
+        if self.policy_check_interval_ms < 10 {
+            return Err("policy_check_interval_ms must be at least 10".into());
         }
         if self.session_ttl_ms < 100 {
             return Err("session_ttl_ms must be at least 100".into());

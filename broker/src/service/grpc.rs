@@ -220,9 +220,14 @@ async fn serve_producer(
         Pin<Box<dyn std::future::Future<Output = Result<ProduceResponse, Status>> + Send>>;
     let mut waiting: FuturesOrdered<Waiting> = FuturesOrdered::new();
     let mut inbound_open = true;
+    let mut quota = topic.quota_watch();
     loop {
-        let can_read = inbound_open && waiting.len() < MAX_PENDING_SENDS_PER_PRODUCER;
+        let can_read = inbound_open
+            && waiting.len() < MAX_PENDING_SENDS_PER_PRODUCER
+            && !topic.holds_producers();
         tokio::select! {
+            // The backlog quota's answer changed: a held producer may read again.
+            Ok(()) = quota.changed() => {}
             _ = ownership_check.tick() => {
                 if topic.is_fenced() || service.check_serving().is_err() {
                     let error = BrokerError::NotOwner { topic: topic.name.to_string() };

@@ -5,6 +5,7 @@
 //! - [`topic`]: one served topic: managed ledger, producers with deduplication, subscriptions.
 //! - [`subscription`]: the task that dispatches a subscription's messages.
 //! - [`pending`]: what a subscription has out at consumers (no I/O).
+//! - [`policies`]: namespace policies applied to topics: retention, message TTL, backlog quota.
 //! - [`grpc`]: the `Broker` gRPC service over these.
 //! - [`server`]: a running broker (listener, session, registration).
 
@@ -14,6 +15,7 @@ pub mod grpc;
 pub mod namespaces;
 pub mod ownership;
 pub mod pending;
+pub mod policies;
 pub mod server;
 pub mod subscription;
 pub mod topic;
@@ -214,13 +216,19 @@ impl BrokerService {
                     self.config.managed_ledger_config(),
                 )
                 .await?;
-                Topic::load(
+                let topic = Topic::load(
                     name.clone(),
                     ledger,
                     self.meta.clone(),
                     self.config.max_message_size_bytes,
                 )
-                .await
+                .await?;
+                let policies =
+                    namespaces::policies(&self.meta, &name.tenant, &name.namespace).await?;
+                topic
+                    .apply_policies(policies::TopicPolicies::from_namespace(&policies))
+                    .await;
+                Ok(topic)
             })
             .await;
         match result {

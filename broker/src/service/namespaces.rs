@@ -156,6 +156,12 @@ pub async fn set_policies(
     namespace: &str,
     policies: &NamespacePolicies,
 ) -> BrokerResult<()> {
+    if super::policies::parse_backlog_policy(&policies.backlog_quota_policy).is_none() {
+        return Err(BrokerError::Protocol(format!(
+            "backlog quota policy {:?}: use producer_request_hold or producer_exception",
+            policies.backlog_quota_policy
+        )));
+    }
     let key = namespace_key(tenant, namespace);
     let Some(current) = meta.get(&key).await? else {
         return Err(BrokerError::NamespaceNotFound(format!(

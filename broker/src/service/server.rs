@@ -17,7 +17,7 @@ use tracing::{info, warn};
 use super::config::BrokerConfig;
 use super::error::{BrokerError, BrokerResult};
 use super::grpc::BrokerGrpc;
-use super::{namespaces, ownership, BrokerService};
+use super::{namespaces, ownership, policies, BrokerService};
 
 /// How often the watchdog checks the session.
 const SESSION_CHECK_INTERVAL: Duration = Duration::from_millis(200);
@@ -98,6 +98,10 @@ impl RunningBroker {
         register(&meta, &address, session_id).await?;
         info!(%address, "broker serving");
         let watchdog = tokio::spawn(watch_session(service.clone(), meta, address));
+        tokio::spawn(policies::maintain(
+            Arc::downgrade(&service),
+            Duration::from_millis(config.policy_check_interval_ms),
+        ));
         Ok(Self {
             service,
             local_addr,

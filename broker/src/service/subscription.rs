@@ -97,6 +97,10 @@ enum Command {
     Stats {
         reply: oneshot::Sender<SubscriptionStats>,
     },
+    ExpireThrough {
+        through: Position,
+        reply: oneshot::Sender<BrokerResult<()>>,
+    },
 }
 
 /// A handle on a running subscription; cheap to clone.
@@ -207,6 +211,16 @@ impl SubscriptionHandle {
         let (reply, answer) = oneshot::channel();
         self.send(Command::Stats { reply }).await.ok()?;
         answer.await.ok()
+    }
+
+    /// Message TTL: acknowledges every entry up to and including `through`, whether waiting
+    /// or out at a consumer (a consumer's later ack of one is ignored).
+    pub async fn expire_through(&self, through: Position) -> BrokerResult<()> {
+        let (reply, answer) = oneshot::channel();
+        self.send(Command::ExpireThrough { through, reply }).await?;
+        answer
+            .await
+            .unwrap_or_else(|_| Err(BrokerError::Unavailable("the subscription closed".into())))
     }
 
     /// Whether the task has stopped (a reader whose consumer left).
@@ -411,6 +425,9 @@ impl SubscriptionTask {
                 let result = self.seek(to).await;
                 let _ = reply.send(result);
             }
+            Command::ExpireThrough { through, reply } => {
+                let _ = reply.send(self.expire_through(through));
+            }
             Command::Stats { reply } => {
                 let _ = reply.send(SubscriptionStats {
                     kind: type_name(self.dispatcher.kind()).to_string(),
@@ -523,6 +540,21 @@ impl SubscriptionTask {
         self.retry_read_at = None;
         for entry in self.consumers.values() {
             let _ = entry.events.try_send(ConsumerEvent::SeekDone);
+        }
+        Ok(())
+    }
+
+    fn expire_through(&mut self, through: Position) -> BrokerResult<()> {
+        let Some(cursor) = &self.cursor else {
+            return Ok(());
+        };
+        self.pending.ack_through(MessageRef {
+            position: through,
+            index: u32::MAX,
+        });
+        self.ledger.ack_cumulative(cursor, through)?;
+        if self.last_read < through {
+            self.last_read = through;
         }
         Ok(())
     }

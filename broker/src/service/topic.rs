@@ -16,10 +16,11 @@ use magnetar_proto::broker::{Message, SendReceipt, StoredBatch};
 use magnetar_proto::prost::Message as _;
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
-use tokio::sync::Notify;
+use tokio::sync::{watch, Notify};
 use tracing::{info, warn};
 
 use super::error::{BrokerError, BrokerResult};
+use super::policies::{self, BacklogPolicy, TopicPolicies};
 use super::subscription::{type_name, SubscriptionHandle, SubscriptionStats};
 use crate::dedup::{Deduplication, Verdict};
 use crate::dispatch::SubscriptionType;
@@ -196,6 +197,9 @@ pub struct Topic {
     producers: Mutex<HashSet<String>>,
     subscriptions: Mutex<HashMap<String, SubscriptionHandle>>,
     pub counters: TopicCounters,
+    policies: Mutex<TopicPolicies>,
+    /// Whether a subscription is over the backlog quota, as last checked.
+    quota_exceeded: watch::Sender<bool>,
 }
 
 impl Topic {
@@ -259,6 +263,8 @@ impl Topic {
             producers: Mutex::new(HashSet::new()),
             subscriptions: Mutex::new(HashMap::new()),
             counters: TopicCounters::default(),
+            policies: Mutex::new(TopicPolicies::default()),
+            quota_exceeded: watch::Sender::new(false),
         });
         tokio::spawn(snapshot_dedup_periodically(Arc::downgrade(&topic)));
         Ok(topic)
@@ -293,6 +299,9 @@ impl Topic {
             return Err(BrokerError::Protocol(
                 "a batch needs at least one message".into(),
             ));
+        }
+        if *self.quota_exceeded.borrow() && self.backlog_policy() == Some(BacklogPolicy::Reject) {
+            return Err(BrokerError::BacklogQuotaExceeded(self.name.namespace_path()));
         }
         let highest_sequence_id = first_sequence_id + u64::from(count) - 1;
         let batch = StoredBatch {
@@ -459,6 +468,82 @@ impl Topic {
             last_confirmed: self.ledger.last_confirmed().to_string(),
             subscriptions,
         }
+    }
+
+    /// Applies the namespace's policies: retention (trimming what it no longer keeps), message
+    /// TTL (expiring old entries in every subscription) and the backlog quota.
+    pub async fn apply_policies(&self, policies: TopicPolicies) {
+        *self.policies.lock() = policies;
+        self.ledger.set_retention(policies.retention);
+        if let Some(ttl) = policies.message_ttl {
+            self.expire_messages(policies::ttl_cutoff_ms(ttl, now_ms()))
+                .await;
+        }
+        if let Err(error) = self.ledger.trim().await {
+            warn!(topic = %self.name, %error, "retention failed; will retry");
+        }
+        self.check_backlog_quota();
+    }
+
+    /// Acknowledges, in every subscription, the entries published before `cutoff_ms`.
+    async fn expire_messages(&self, cutoff_ms: u64) {
+        for cursor in self.ledger.cursor_names() {
+            let Ok(state) = self.ledger.cursor_state(&cursor) else {
+                continue;
+            };
+            let mark_delete = state.mark_delete();
+            let through =
+                match policies::last_published_before(&self.ledger, mark_delete, cutoff_ms).await {
+                    Ok(through) => through,
+                    Err(error) => {
+                        warn!(topic = %self.name, %cursor, %error, "message TTL check failed");
+                        continue;
+                    }
+                };
+            if through <= mark_delete {
+                continue;
+            }
+            let running = self.subscriptions.lock().get(&cursor).cloned();
+            let outcome = match running {
+                // The subscription's task also forgets what it holds of those entries.
+                Some(handle) => handle.expire_through(through).await,
+                None => self
+                    .ledger
+                    .ack_cumulative(&cursor, through)
+                    .map_err(BrokerError::from),
+            };
+            match outcome {
+                Ok(()) => info!(topic = %self.name, %cursor, %through, "message TTL expired entries"),
+                Err(error) => warn!(topic = %self.name, %cursor, %error, "message TTL expiry failed"),
+            }
+        }
+    }
+
+    /// Re-evaluates the backlog quota; returns whether sends are now refused or held.
+    pub fn check_backlog_quota(&self) -> bool {
+        let quota = self.policies.lock().backlog_quota;
+        let exceeded = policies::quota_exceeded(quota, self.ledger.max_backlog_entries());
+        self.quota_exceeded.send_if_modified(|current| {
+            let changed = *current != exceeded;
+            *current = exceeded;
+            changed
+        });
+        exceeded
+    }
+
+    fn backlog_policy(&self) -> Option<BacklogPolicy> {
+        self.policies.lock().backlog_quota.map(|quota| quota.policy)
+    }
+
+    /// Whether producers must wait (`producer_request_hold` and over the quota): their
+    /// streams stop reading sends until the quota check finds the backlog under it again.
+    pub fn holds_producers(&self) -> bool {
+        *self.quota_exceeded.borrow() && self.backlog_policy() == Some(BacklogPolicy::Hold)
+    }
+
+    /// Changes whenever the quota check's answer changes.
+    pub fn quota_watch(&self) -> watch::Receiver<bool> {
+        self.quota_exceeded.subscribe()
     }
 
     /// Writes the deduplication snapshot now if it changed.
