@@ -313,12 +313,14 @@ async fn topics_subscriptions_and_metrics_through_http() -> TestResult {
     );
     // Exactly one broker owns it: the other redirects there.
     let mut owner = None;
+    let mut redirects = 0;
     for (index, client) in admins.iter().enumerate() {
         let url = format!("{}{path}/stats", client.base_url());
         let response = client.send_once(Method::GET, &url, None).await?;
         match response.status.as_u16() {
             200 => owner = Some(index),
             307 => {
+                redirects += 1;
                 let location = response.location.clone().unwrap_or_default();
                 let other = &admins[1 - index];
                 assert_eq!(location, format!("{}{path}/stats", other.base_url()));
@@ -331,6 +333,7 @@ async fn topics_subscriptions_and_metrics_through_http() -> TestResult {
         }
     }
     let owner = owner.expect("one broker serves the topic");
+    assert_eq!(redirects, 1, "the other broker redirects to the owner");
     assert!(
         strings(&get(admin, "/admin/v2/persistent/public/default").await)
             .contains(&topic.to_string())
