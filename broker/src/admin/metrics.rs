@@ -148,7 +148,13 @@ fn topic_labels(name: &TopicName) -> [(&'static str, String); 3] {
 /// The exposition of the broker's totals and of every topic and subscription.
 pub fn render(topics: &[TopicSample]) -> String {
     let mut exposition = Exposition { out: String::new() };
-    let sum = |figure: &dyn Fn(&TopicSample) -> f64| topics.iter().map(figure).sum::<f64>();
+    // Folded from +0.0: a float sum of nothing is -0.0, which would print as "-0".
+    let sum = |figure: &dyn Fn(&TopicSample) -> f64| {
+        topics
+            .iter()
+            .map(figure)
+            .fold(0.0, |total, value| total + value)
+    };
 
     type BrokerFigure<'a> = (&'a str, &'a str, Box<dyn Fn(&TopicSample) -> f64>);
     let broker: [BrokerFigure; 10] = [
