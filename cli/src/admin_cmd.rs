@@ -205,9 +205,15 @@ async fn call(
     Ok(Some(response.json().map_err(anyhow::Error::new)?))
 }
 
+/// Prints a line; a closed stdout (`| head`) ends the output quietly instead of panicking.
+fn print_line(line: &str) {
+    use std::io::Write as _;
+    let _ = writeln!(std::io::stdout().lock(), "{line}");
+}
+
 fn print_json(value: &Option<Value>) -> anyhow::Result<()> {
     if let Some(value) = value {
-        println!("{}", serde_json::to_string_pretty(value)?);
+        print_line(&serde_json::to_string_pretty(value)?);
     }
     Ok(())
 }
@@ -216,8 +222,8 @@ fn print_list(value: &Option<Value>) {
     if let Some(Value::Array(items)) = value {
         for item in items {
             match item {
-                Value::String(text) => println!("{text}"),
-                other => println!("{other}"),
+                Value::String(text) => print_line(text),
+                other => print_line(&other.to_string()),
             }
         }
     }
@@ -389,11 +395,11 @@ pub fn topics(args: TopicsArgs) -> anyhow::Result<()> {
                     call(&client, Method::GET, &format!("{base}/partitioned"), None).await?;
                 if let Some(Value::Array(items)) = partitioned {
                     for item in items {
-                        println!(
+                        print_line(&format!(
                             "{} (partitioned, {} partitions)",
                             item["topic"].as_str().unwrap_or_default(),
                             item["partitions"]
-                        );
+                        ));
                     }
                 }
             }

@@ -402,6 +402,7 @@ async fn topics_subscriptions_and_metrics_through_http() -> TestResult {
     assert_eq!(stats["subscriptions"]["audit"]["backlog_entries"], 10);
     assert_eq!(stats["subscriptions"]["late"]["backlog_entries"], 10);
     assert_eq!(stats["subscriptions"]["fresh"]["backlog_entries"], 0);
+    assert_eq!(stats["subscriptions"]["fresh"]["durable"], true, "{stats}");
     assert!(
         stats["storage_size_bytes"].as_u64().unwrap_or(0) > 0,
         "{stats}"

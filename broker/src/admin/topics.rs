@@ -70,7 +70,21 @@ pub async fn route(context: &Context, topic: &TopicName, uri: &Uri) -> ApiResult
 /// The topic, served here, if it exists (a redirect when another broker owns it).
 pub async fn owned_topic(context: &Context, topic: &TopicName, uri: &Uri) -> ApiResult<Arc<Topic>> {
     route(context, topic, uri).await?;
-    Ok(context.service.open_topic(topic, false).await?)
+    context
+        .service
+        .open_topic(topic, false)
+        .await
+        .map_err(|error| match error {
+            // The broker's own message speaks of auto-creation, which admin calls never do.
+            BrokerError::TopicNotFound(_) => ApiError::new(
+                StatusCode::NOT_FOUND,
+                ErrorCode::TopicNotFound.as_str_name(),
+                format!(
+                    "topic {topic} does not exist; create it with `magnetar topics create {topic}`"
+                ),
+            ),
+            other => other.into(),
+        })
 }
 
 async fn log_exists(context: &Context, topic: &TopicName) -> ApiResult<bool> {
@@ -404,7 +418,14 @@ async fn topic_stats(topic: &Topic) -> ApiResult<TopicStats> {
 
 /// The stats of a topic served here.
 pub async fn stats_view(context: &Context, topic: &Topic) -> ApiResult<TopicStatsView> {
-    let stats = topic_stats(topic).await?;
+    let mut stats = topic_stats(topic).await?;
+    for subscription in stats.subscriptions.values_mut() {
+        if subscription.live.kind.is_empty() {
+            // No consumer attached since the topic was loaded: a cursor without a task, so
+            // durable, with its type still to be chosen by its first consumer.
+            subscription.live.durable = true;
+        }
+    }
     let counters = &topic.counters;
     let ledgers = topic.ledger.ledgers();
     let latency = counters.publish_latency.snapshot();
