@@ -11,10 +11,15 @@
 //! - [`dedup`]: producer sequence ids, so a resent message is stored once.
 //! - [`service`]: the broker as a service: bundle ownership and lookup, served topics with
 //!   their producers and subscriptions, the gRPC client protocol, a running broker.
+//! - [`admin`]: the HTTP admin API (tenants, namespaces, topics, subscriptions), Prometheus
+//!   metrics at `/metrics`, and the small HTTP client the CLI and tests use.
+//! - [`latency`]: a fixed-bucket latency histogram for publish latencies.
 
+pub mod admin;
 pub mod bundles;
 pub mod dedup;
 pub mod dispatch;
+pub mod latency;
 pub mod managed_ledger;
 pub mod service;
 pub mod topic_name;

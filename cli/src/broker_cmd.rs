@@ -17,6 +17,9 @@ pub struct BrokerArgs {
     /// Address to serve the client protocol (gRPC) on.
     #[arg(long)]
     pub listen: Option<SocketAddr>,
+    /// Address to serve HTTP on: the admin API and Prometheus metrics (default 127.0.0.1:8080).
+    #[arg(long)]
+    pub http_listen: Option<SocketAddr>,
     /// Address clients are told to reach this broker at (default: the bound address).
     #[arg(long)]
     pub advertise_address: Option<String>,
@@ -65,6 +68,9 @@ impl BrokerArgs {
         if let Some(listen) = self.listen {
             config.listen = listen;
         }
+        if let Some(http_listen) = self.http_listen {
+            config.http_listen = http_listen;
+        }
         if let Some(address) = &self.advertise_address {
             config.advertise_address = address.clone();
         }
@@ -92,7 +98,11 @@ pub fn run(args: BrokerArgs) -> anyhow::Result<()> {
             .await
             .context("starting the broker (is the metadata store running and reachable?)")?;
         // Tests and scripts wait for this line to know the broker is serving.
-        println!("broker listening on {}", broker.local_addr());
+        println!(
+            "broker listening on {}, admin API and metrics on {}",
+            broker.local_addr(),
+            broker.admin_url()
+        );
         wait_for_stop_signal().await?;
         broker.shutdown().await;
         Ok(())

@@ -1,6 +1,7 @@
 //! `magnetar`: one binary for every role (bookie, meta, ...), the admin and data commands, and
 //! the `perf` benchmarks.
 
+mod admin_cmd;
 mod bookie_cmd;
 mod broker_cmd;
 mod client_cmd;
@@ -36,6 +37,12 @@ enum Command {
     Bookie(bookie_cmd::BookieArgs),
     /// Run one node of the metadata store (a Raft group).
     Meta(meta_cmd::MetaArgs),
+    /// Tenants: list, create, delete (through a broker's admin API).
+    Tenants(admin_cmd::TenantsArgs),
+    /// Namespaces and their policies: retention, message TTL, backlog quota.
+    Namespaces(admin_cmd::NamespacesArgs),
+    /// Topics and subscriptions: create, delete, stats, reset, skip, peek.
+    Topics(admin_cmd::TopicsArgs),
     /// Benchmarks that print figures and end with one JSON line.
     #[command(subcommand)]
     Perf(perf::PerfCommand),
@@ -44,7 +51,12 @@ enum Command {
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let default_level = match cli.command {
-        Command::Perf(_) | Command::Produce(_) | Command::Consume(_) => "warn",
+        Command::Perf(_)
+        | Command::Produce(_)
+        | Command::Consume(_)
+        | Command::Tenants(_)
+        | Command::Namespaces(_)
+        | Command::Topics(_) => "warn",
         _ => "info",
     };
     logging::init(default_level);
@@ -55,6 +67,9 @@ fn main() -> anyhow::Result<()> {
         Command::Consume(args) => client_cmd::consume(args),
         Command::Bookie(args) => bookie_cmd::run(args),
         Command::Meta(args) => meta_cmd::run(args),
+        Command::Tenants(args) => admin_cmd::tenants(args),
+        Command::Namespaces(args) => admin_cmd::namespaces(args),
+        Command::Topics(args) => admin_cmd::topics(args),
         Command::Perf(command) => perf::run(command),
     }
 }

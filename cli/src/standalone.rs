@@ -22,6 +22,9 @@ pub struct StandaloneArgs {
     /// The broker's client address.
     #[arg(long, default_value = "127.0.0.1:6660")]
     pub listen: SocketAddr,
+    /// Address of the HTTP admin API and Prometheus metrics.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub http_listen: SocketAddr,
     /// The metadata store's address.
     #[arg(long, default_value = "127.0.0.1:2181")]
     pub meta_listen: String,
@@ -63,9 +66,10 @@ async fn serve(args: StandaloneArgs) -> anyhow::Result<()> {
     let standalone = start(args).await?;
     // Tests and scripts wait for this line.
     println!(
-        "magnetar standalone ready in {} ms: broker {}, bookie {}, metadata {}, data in {}",
+        "magnetar standalone ready in {} ms: broker {}, admin {}, bookie {}, metadata {}, data in {}",
         started.elapsed().as_millis(),
         standalone.broker.local_addr(),
+        standalone.broker.admin_url(),
         standalone.bookie.local_addr(),
         standalone.meta.endpoint(),
         data_dir.display()
@@ -103,6 +107,7 @@ pub async fn start(args: StandaloneArgs) -> anyhow::Result<Standalone> {
     let (ensemble_size, write_quorum, ack_quorum) = parse_quorum(&args.quorum)?;
     let broker = RunningBroker::start(BrokerConfig {
         listen: args.listen,
+        http_listen: args.http_listen,
         meta_endpoints: vec![meta_endpoint.clone()],
         ensemble_size,
         write_quorum,

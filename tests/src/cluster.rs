@@ -113,6 +113,7 @@ impl Cluster {
         let (ensemble_size, write_quorum, ack_quorum) = shape.quorum;
         Ok(RunningBroker::start(BrokerConfig {
             listen: "127.0.0.1:0".parse()?,
+            http_listen: "127.0.0.1:0".parse()?,
             meta_endpoints: self.meta_endpoints.clone(),
             ensemble_size,
             write_quorum,
@@ -131,6 +132,14 @@ impl Cluster {
 
     pub fn meta_client(&self) -> MetaClient {
         MetaClient::new(&self.meta_endpoints).expect("the endpoints are valid")
+    }
+
+    /// The admin API URL (`http://host:port`) of a live broker.
+    pub fn admin_url(&self, index: usize) -> String {
+        self.brokers[index]
+            .as_ref()
+            .map(RunningBroker::admin_url)
+            .expect("the broker is running")
     }
 
     /// The client URL of a live broker.

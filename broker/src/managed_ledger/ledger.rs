@@ -307,6 +307,20 @@ impl ManagedLedger {
         state.log.ledgers.iter().map(|l| l.ledger_id).collect()
     }
 
+    /// The log's ledgers, oldest first, with the entries and bytes the ledger being written
+    /// holds so far (the stored list only learns them when it closes).
+    pub fn ledgers(&self) -> Vec<StoredLedger> {
+        let state = self.inner.state.lock();
+        let mut ledgers = state.log.ledgers.clone();
+        if let Some(current) = ledgers.last_mut() {
+            if current.closed_at_ms.is_none() {
+                current.entries = state.current_entries;
+                current.size_bytes = state.current_size_bytes;
+            }
+        }
+        ledgers
+    }
+
     /// The entry cache's (hits, misses).
     pub fn cache_hit_counts(&self) -> (u64, u64) {
         self.inner.state.lock().cache.hit_counts()

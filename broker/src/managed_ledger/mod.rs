@@ -4,6 +4,7 @@
 //! - [`ledger`]: [`ManagedLedger`]: ownership, appends, rollover, reads, cursors, retention.
 //! - [`stored`]: what is kept in the metadata store, and under which keys.
 //! - [`error`]: [`ManagedLedgerError`], the stable failures.
+//! - [`delete`]: removing a whole log (ledgers, cursors, the list), for topic deletion.
 //!
 //! The parts without I/O:
 //! - [`position`]: positions in the log and the ledger layout that orders them.
@@ -13,6 +14,7 @@
 //! - [`entry_cache`]: recent entries for tailing readers, bounded in bytes.
 
 pub mod cursor_state;
+pub mod delete;
 pub mod entry_cache;
 pub mod error;
 pub mod ledger;
@@ -21,6 +23,7 @@ pub mod retention;
 pub mod stored;
 
 pub use cursor_state::{CursorState, CursorStateError};
+pub use delete::delete_log;
 pub use entry_cache::EntryCache;
 pub use error::{ManagedLedgerError, ManagedLedgerResult};
 pub use ledger::{InitialPosition, LogEntry, ManagedLedger, ManagedLedgerConfig, SubmittedAppend};

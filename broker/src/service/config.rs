@@ -22,6 +22,9 @@ pub struct BrokerConfig {
     pub http_listen: SocketAddr,
     /// Address clients are told to reach this broker at; empty: the bound listen address.
     pub advertise_address: String,
+    /// Address other brokers redirect admin requests to (`host:port`); empty: the bound HTTP
+    /// address.
+    pub advertise_http_address: String,
     /// Metadata store endpoints.
     pub meta_endpoints: Vec<String>,
     /// Ensemble size, write quorum and ack quorum of the topics' ledgers.
@@ -49,6 +52,7 @@ impl Default for BrokerConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], DEFAULT_PORT)),
             http_listen: SocketAddr::from(([127, 0, 0, 1], DEFAULT_HTTP_PORT)),
             advertise_address: String::new(),
+            advertise_http_address: String::new(),
             meta_endpoints: vec!["127.0.0.1:2181".into()],
             ensemble_size: 3,
             write_quorum: 3,

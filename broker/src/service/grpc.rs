@@ -263,7 +263,7 @@ async fn serve_producer(
                         Box::pin(async move { produce_response(produce_response::Kind::Receipt(receipt)) })
                     }
                     Ok(SendOutcome::Queued(pending)) | Ok(SendOutcome::InFlight(pending)) => {
-                        Box::pin(receipt_of(pending, failed))
+                        Box::pin(receipt_of(pending, failed, topic.clone(), std::time::Instant::now()))
                     }
                     Err(error) => {
                         let fenced = matches!(error, BrokerError::NotOwner { .. });
@@ -297,9 +297,14 @@ async fn serve_producer(
 async fn receipt_of(
     pending: PendingSend,
     failed: impl FnOnce(BrokerError) -> Result<ProduceResponse, Status>,
+    topic: Arc<Topic>,
+    arrived: std::time::Instant,
 ) -> Result<ProduceResponse, Status> {
     match pending.wait().await {
-        Ok(receipt) => produce_response(produce_response::Kind::Receipt(receipt)),
+        Ok(receipt) => {
+            topic.counters.publish_latency.record(arrived.elapsed());
+            produce_response(produce_response::Kind::Receipt(receipt))
+        }
         Err(error) => failed(error),
     }
 }
@@ -540,7 +545,10 @@ async fn serve_consumer(
             }
             event = events.recv() => {
                 let response = match event {
-                    Some(ConsumerEvent::Deliveries(deliveries)) => consume_response(consume_response::Kind::Deliveries(Deliveries { deliveries })),
+                    Some(ConsumerEvent::Deliveries(deliveries)) => {
+                        count_dispatched(topic, &deliveries);
+                        consume_response(consume_response::Kind::Deliveries(Deliveries { deliveries }))
+                    }
                     Some(ConsumerEvent::Active(active)) => consume_response(consume_response::Kind::Active(active)),
                     Some(ConsumerEvent::SeekDone) => consume_response(consume_response::Kind::SeekDone(true)),
                     Some(ConsumerEvent::Error(error)) => consume_response(consume_response::Kind::Error(error.to_wire())),
@@ -556,4 +564,21 @@ async fn serve_consumer(
             }
         }
     }
+}
+
+/// Counts what goes out to a consumer, for the topic's dispatch rate.
+fn count_dispatched(topic: &Topic, deliveries: &[magnetar_proto::broker::Delivery]) {
+    let bytes: usize = deliveries
+        .iter()
+        .filter_map(|delivery| delivery.message.as_ref())
+        .map(|message| message.payload.len())
+        .sum();
+    let counters = &topic.counters;
+    counters.messages_out.fetch_add(
+        deliveries.len() as u64,
+        std::sync::atomic::Ordering::Relaxed,
+    );
+    counters
+        .bytes_out
+        .fetch_add(bytes as u64, std::sync::atomic::Ordering::Relaxed);
 }

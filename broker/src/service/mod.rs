@@ -104,6 +104,10 @@ impl BrokerService {
         &self.meta
     }
 
+    pub fn ledgers(&self) -> &LedgerClient {
+        &self.ledgers
+    }
+
     /// A fresh id for a consumer or an unnamed producer.
     pub fn next_id(&self) -> u64 {
         self.next_id.fetch_add(1, Ordering::Relaxed)
@@ -191,6 +195,12 @@ impl BrokerService {
 
     /// The topic, loaded (and taken over from any previous owner) on first use.
     pub async fn topic(&self, name: &TopicName) -> BrokerResult<Arc<Topic>> {
+        self.open_topic(name, self.config.auto_create_topics).await
+    }
+
+    /// The topic, loaded on first use; created when it does not exist only if `create` (the
+    /// admin API creates topics explicitly and never by looking at one).
+    pub async fn open_topic(&self, name: &TopicName, create: bool) -> BrokerResult<Arc<Topic>> {
         self.check_serving()?;
         self.ensure_owner(name).await?;
         let cell = {
@@ -205,9 +215,7 @@ impl BrokerService {
         let result = cell
             .get_or_try_init(|| async {
                 let ledger_name = name.managed_ledger_name();
-                if !self.config.auto_create_topics
-                    && self.meta.get(&log_key(&ledger_name)).await?.is_none()
-                {
+                if !create && self.meta.get(&log_key(&ledger_name)).await?.is_none() {
                     return Err(BrokerError::TopicNotFound(name.to_string()));
                 }
                 let ledger = crate::managed_ledger::ManagedLedger::open(

@@ -257,3 +257,14 @@ pub async fn list_partitioned(
         })
         .collect())
 }
+
+/// Forgets that `topic` is partitioned (its partitions are deleted separately); returns
+/// whether it was.
+pub async fn delete_partitioned(meta: &MetaClient, topic: &TopicName) -> BrokerResult<bool> {
+    Ok(meta.delete(&partitioned_key(topic), None).await?)
+}
+
+/// Whether the tenant exists.
+pub async fn tenant_exists(meta: &MetaClient, tenant: &str) -> BrokerResult<bool> {
+    Ok(meta.get(&tenant_key(tenant)).await?.is_some())
+}

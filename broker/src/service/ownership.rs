@@ -17,6 +17,24 @@ pub fn broker_key(address: &str) -> String {
     format!("{BROKERS_PREFIX}{address}")
 }
 
+/// What a live broker's registration key holds: where to reach it besides its gRPC address.
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
+pub struct BrokerRegistration {
+    /// `host:port` of its HTTP admin API and metrics.
+    pub http_address: String,
+}
+
+/// The HTTP address of the live broker registered under gRPC `address`, if it registered one.
+pub async fn http_address_of(meta: &MetaClient, address: &str) -> BrokerResult<Option<String>> {
+    Ok(meta
+        .get(&broker_key(address))
+        .await?
+        .and_then(|kv| serde_json::from_slice::<BrokerRegistration>(&kv.value).ok())
+        .map(|registration| registration.http_address)
+        .filter(|http_address| !http_address.is_empty()))
+}
+
 /// The key naming the owner of a namespace's bundle.
 pub fn owner_key(topic: &TopicName, bundle: BundleRange) -> String {
     format!(

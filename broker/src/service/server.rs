@@ -1,5 +1,6 @@
-//! A running broker: the gRPC listener, the metadata session that holds its registration and
-//! bundle ownership, and a watchdog that re-registers after the session is lost.
+//! A running broker: the gRPC listener, the HTTP admin API and metrics, the metadata session
+//! that holds its registration and bundle ownership, and a watchdog that re-registers after
+//! the session is lost.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -18,6 +19,7 @@ use super::config::BrokerConfig;
 use super::error::{BrokerError, BrokerResult};
 use super::grpc::BrokerGrpc;
 use super::{namespaces, ownership, policies, BrokerService};
+use crate::admin::{AdminContext, AdminServer, RateTracker};
 
 /// How often the watchdog checks the session.
 const SESSION_CHECK_INTERVAL: Duration = Duration::from_millis(200);
@@ -28,13 +30,23 @@ pub struct RunningBroker {
     local_addr: SocketAddr,
     server_stop: Option<oneshot::Sender<()>>,
     server_task: Option<JoinHandle<Result<(), tonic::transport::Error>>>,
+    admin: Option<AdminServer>,
     watchdog: JoinHandle<()>,
 }
 
-async fn register(meta: &MetaClient, address: &str, session_id: u64) -> BrokerResult<()> {
+/// Registers the broker as live, with the HTTP address admin requests are redirected to.
+async fn register(
+    meta: &MetaClient,
+    address: &str,
+    http_address: &str,
+    session_id: u64,
+) -> BrokerResult<()> {
+    let registration = ownership::BrokerRegistration {
+        http_address: http_address.to_string(),
+    };
     meta.put_ephemeral(
         &ownership::broker_key(address),
-        address.as_bytes().to_vec(),
+        serde_json::to_vec(&registration).unwrap_or_default(),
         session_id,
         None,
     )
@@ -63,6 +75,22 @@ impl RunningBroker {
             local_addr.to_string()
         } else {
             config.advertise_address.clone()
+        };
+        let http_listener = tokio::net::TcpListener::bind(config.http_listen)
+            .await
+            .map_err(|error| {
+                BrokerError::Unavailable(format!(
+                    "cannot listen for HTTP on {}: {error}; pick another --http-listen address",
+                    config.http_listen
+                ))
+            })?;
+        let http_local_addr = http_listener
+            .local_addr()
+            .map_err(|error| BrokerError::Unavailable(error.to_string()))?;
+        let http_address = if config.advertise_http_address.is_empty() {
+            http_local_addr.to_string()
+        } else {
+            config.advertise_http_address.clone()
         };
         let session = meta.open_session(config.session_ttl()).await?;
         let session_id = session.id();
@@ -94,10 +122,19 @@ impl RunningBroker {
                     let _ = stop_signal.await;
                 }),
         );
+        let admin = AdminServer::start(
+            http_listener,
+            Arc::new(AdminContext {
+                service: service.clone(),
+                http_address: http_address.clone(),
+                rates: Arc::new(RateTracker::default()),
+            }),
+        )
+        .map_err(|error| BrokerError::Unavailable(format!("starting the HTTP server: {error}")))?;
         // Registered once serving, so lookups never send clients to a broker not listening.
-        register(&meta, &address, session_id).await?;
-        info!(%address, "broker serving");
-        let watchdog = tokio::spawn(watch_session(service.clone(), meta, address));
+        register(&meta, &address, &http_address, session_id).await?;
+        info!(%address, %http_address, "broker serving");
+        let watchdog = tokio::spawn(watch_session(service.clone(), meta, address, http_address));
         tokio::spawn(policies::maintain(
             Arc::downgrade(&service),
             Duration::from_millis(config.policy_check_interval_ms),
@@ -107,8 +144,21 @@ impl RunningBroker {
             local_addr,
             server_stop: Some(server_stop),
             server_task: Some(server_task),
+            admin: Some(admin),
             watchdog,
         })
+    }
+
+    /// The address the HTTP admin API and metrics are served on.
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.admin.as_ref().map(AdminServer::local_addr)
+    }
+
+    /// `http://host:port` of the admin API.
+    pub fn admin_url(&self) -> String {
+        self.http_addr()
+            .map(|address| format!("http://{address}"))
+            .unwrap_or_default()
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -130,6 +180,9 @@ impl RunningBroker {
         if let Some(stop) = self.server_stop.take() {
             let _ = stop.send(());
         }
+        if let Some(admin) = self.admin.take() {
+            admin.shutdown().await;
+        }
         self.service.shutdown().await;
         if let Some(task) = self.server_task.take() {
             let _ = task.await;
@@ -141,6 +194,9 @@ impl RunningBroker {
     pub fn abort(mut self) {
         self.service.halt();
         self.watchdog.abort();
+        if let Some(admin) = self.admin.take() {
+            admin.abort();
+        }
         if let Some(task) = self.server_task.take() {
             task.abort();
         }
@@ -151,7 +207,12 @@ impl RunningBroker {
 }
 
 /// Re-registers under a new session when the store reports the old one expired.
-async fn watch_session(service: Arc<BrokerService>, meta: MetaClient, address: String) {
+async fn watch_session(
+    service: Arc<BrokerService>,
+    meta: MetaClient,
+    address: String,
+    http_address: String,
+) {
     loop {
         tokio::time::sleep(SESSION_CHECK_INTERVAL).await;
         if !service.session_lost() {
@@ -161,7 +222,7 @@ async fn watch_session(service: Arc<BrokerService>, meta: MetaClient, address: S
             Ok(session) => {
                 let session_id = session.id();
                 service.replace_session(session);
-                if let Err(error) = register(&meta, &address, session_id).await {
+                if let Err(error) = register(&meta, &address, &http_address, session_id).await {
                     warn!(%error, "re-registering the broker failed; will retry");
                 } else {
                     info!("broker re-registered under a new session");

@@ -39,7 +39,7 @@ fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
-fn dedup_key(ledger_name: &str) -> String {
+pub fn dedup_key(ledger_name: &str) -> String {
     format!("/dedup/{ledger_name}")
 }
 
@@ -163,6 +163,11 @@ pub struct TopicCounters {
     pub messages_in: AtomicU64,
     pub bytes_in: AtomicU64,
     pub entries_in: AtomicU64,
+    /// Messages and payload bytes handed to consumers (redeliveries included).
+    pub messages_out: AtomicU64,
+    pub bytes_out: AtomicU64,
+    /// From a send's arrival to its receipt, for sends that were stored.
+    pub publish_latency: crate::latency::LatencyHistogram,
 }
 
 /// A topic's figures for the admin API.

@@ -120,6 +120,8 @@ async fn run_async(mode: Mode, args: PubSubPerfArgs) -> anyhow::Result<()> {
             let standalone = standalone::start(StandaloneArgs {
                 data_dir,
                 listen: format!("127.0.0.1:{}", ports[0]).parse()?,
+                // Any free port: a benchmark must not collide with a standalone already up.
+                http_listen: "127.0.0.1:0".parse()?,
                 meta_listen: format!("127.0.0.1:{}", ports[1]),
                 bookie_listen: format!("127.0.0.1:{}", ports[2]).parse()?,
                 quorum: "1/1/1".into(),
