@@ -387,7 +387,7 @@ fn decode_snapshot(snapshot: &[u8]) -> Result<Vec<SnapshotEntry<'_>>> {
         )));
     }
     let count = u64::from_le_bytes(body[5..13].try_into().map_err(|_| corrupt("count"))?);
-    let mut position = 13;
+    let mut position: usize = 13;
     let mut take = |len: usize| -> Result<&[u8]> {
         let end = position
             .checked_add(len)

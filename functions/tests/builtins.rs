@@ -28,9 +28,14 @@ fn json_messages(count: usize) -> Vec<Message> {
         .collect()
 }
 
-/// Runs a built-in over `messages` in batches of 64, flushes, and returns its stored sketch.
-fn run(name: &str, params: &Params, messages: &[Message]) -> (Stored, BuiltinInstance) {
-    let (_directory, store) = store();
+/// Runs a built-in over `messages` in batches of 64, flushes, and returns its stored sketch
+/// (and the instance, with the directory its state lives in).
+fn run(
+    name: &str,
+    params: &Params,
+    messages: &[Message],
+) -> (Stored, BuiltinInstance, tempfile::TempDir) {
+    let (directory, store) = store();
     let config = BuiltinConfig::from_params(name, params).unwrap();
     let mut instance = BuiltinInstance::new(config, store.function(name).unwrap()).unwrap();
     for batch in messages.chunks(64) {
@@ -52,7 +57,7 @@ fn run(name: &str, params: &Params, messages: &[Message]) -> (Stored, BuiltinIns
         .unwrap()
         .expect("the flushed sketch is in the state")
         .clone();
-    (stored, instance)
+    (stored, instance, directory)
 }
 
 /// The same sketch built directly with the sketches crate.
@@ -75,7 +80,7 @@ fn users(messages: &[Message]) -> Vec<String> {
 fn count_min_over_the_key_equals_the_sketch_crate() {
     let messages = json_messages(2000);
     let params = Params::new().with("extract", "key").with("width", 512).with("depth", 4);
-    let (stored, _) = run("count-min", &params, &messages);
+    let (stored, _, _directory) = run("count-min", &params, &messages);
     let users = users(&messages);
     let items: Vec<Item<'_>> = users.iter().map(|user| Item::Str(user)).collect();
     let expected = direct("count_min", &Params::new().with("width", 512).with("depth", 4), &items);
@@ -86,7 +91,7 @@ fn count_min_over_the_key_equals_the_sketch_crate() {
 fn distinct_over_a_json_field_equals_the_sketch_crate() {
     let messages = json_messages(3000);
     let params = Params::new().with("extract", "user").with("lg_k", 10);
-    let (stored, _) = run("distinct", &params, &messages);
+    let (stored, _, _directory) = run("distinct", &params, &messages);
     let users = users(&messages);
     let items: Vec<Item<'_>> = users.iter().map(|user| Item::Str(user)).collect();
     let expected = direct("hll", &Params::new().with("lg_k", 10), &items);
@@ -104,7 +109,7 @@ fn quantiles_over_a_numeric_field_equal_the_sketch_crate() {
     // sketches hold every value and must answer exactly alike.
     let messages = json_messages(150);
     let params = Params::new().with("extract", "latency_ms").with("k", 200);
-    let (stored, _) = run("quantiles", &params, &messages);
+    let (stored, _, _directory) = run("quantiles", &params, &messages);
     let values: Vec<f64> = (0..150).map(|index| ((index * 7919) % 1000) as f64).collect();
     let items: Vec<Item<'_>> = values.iter().map(|value| Item::Float(*value)).collect();
     let expected = direct("kll", &Params::new().with("k", 200), &items);
@@ -122,7 +127,7 @@ fn quantiles_over_a_numeric_field_equal_the_sketch_crate() {
 fn top_k_equals_the_sketch_crate() {
     let messages = json_messages(5000);
     let params = Params::new().with("extract", "key").with("max_map_size", 64);
-    let (stored, _) = run("top-k", &params, &messages);
+    let (stored, _, _directory) = run("top-k", &params, &messages);
     let users = users(&messages);
     let items: Vec<Item<'_>> = users.iter().map(|user| Item::Str(user)).collect();
     let expected = direct("frequent_items", &Params::new().with("max_map_size", 64), &items);
@@ -133,7 +138,7 @@ fn top_k_equals_the_sketch_crate() {
 fn bloom_over_the_payload_equals_the_sketch_crate() {
     let messages = json_messages(500);
     let params = Params::new().with("capacity", 1000).with("false_positive_rate", 0.01);
-    let (stored, _) = run("bloom", &params, &messages);
+    let (stored, _, _directory) = run("bloom", &params, &messages);
     let items: Vec<Item<'_>> = messages
         .iter()
         .map(|message| Item::Bytes(&message.payload))
@@ -146,7 +151,7 @@ fn bloom_over_the_payload_equals_the_sketch_crate() {
 fn sample_equals_the_sketch_crate_with_the_same_seed() {
     let messages = json_messages(1000);
     let params = Params::new().with("extract", "key").with("k", 20).with("seed", 9);
-    let (stored, _) = run("sample", &params, &messages);
+    let (stored, _, _directory) = run("sample", &params, &messages);
     let users = users(&messages);
     let items: Vec<Item<'_>> = users.iter().map(|user| Item::Str(user)).collect();
     let expected = direct("reservoir", &Params::new().with("k", 20).with("seed", 9), &items);
@@ -161,7 +166,7 @@ fn the_filter_and_the_window_apply_before_the_sketch() {
         .with("filter", "status == 500")
         .with("bucket_width_ms", 1000)
         .with("bucket_count", 10);
-    let (stored, instance) = run("count-min", &params, &messages);
+    let (stored, instance, _directory) = run("count-min", &params, &messages);
     assert_eq!(instance.filtered_out(), 800);
     let mut expected = registry::build(
         "window",
@@ -192,7 +197,7 @@ fn malformed_messages_are_counted_and_skipped_or_dead_lettered() {
     messages.push(Message::new("events", None, br#"{"other": 1}"#));
     messages.push(Message::new("events", None, br#"{"latency_ms": "slow"}"#));
     let params = Params::new().with("extract", "latency_ms");
-    let (_, instance) = run("quantiles", &params, &messages);
+    let (_, instance, _run_directory) = run("quantiles", &params, &messages);
     assert_eq!(instance.malformed(), 3);
     assert_eq!(instance.metrics().messages_failed, 3);
 

@@ -282,7 +282,9 @@ fn a_loop_alone_in_a_batch_is_stopped() {
         outcome.failures[0].error,
         FunctionError::CpuBudgetExceeded { fuel: 1_000_000 }
     ));
-    assert!(instance.metrics().fuel_used <= 1_000_000);
+    // The message's budget, plus the few hundred instructions of taking the batch in.
+    let fuel_used = instance.metrics().fuel_used;
+    assert!((1_000_000..1_100_000).contains(&fuel_used), "{fuel_used}");
 }
 
 #[test]

@@ -248,7 +248,7 @@ pub fn run(args: FunctionPerfArgs) -> anyhow::Result<()> {
 
     let ratio = memory.many_bytes as f64 / memory.one_bytes.max(1) as f64;
     if !args.json {
-        println!("kind                      {:?}", kind_name(args.kind));
+        println!("kind                      {}", kind_name(args.kind));
         println!("throughput                {msgs_per_sec:.0} msgs/s (batches of {})", args.batch);
         println!("call overhead             {call_overhead_ns:.1} ns/message");
         println!("instance start            {instance_start_us:.1} us (module cached)");

@@ -458,16 +458,16 @@ impl Context {
         let (query_ptr, query_len) = parts(query.as_bytes());
         let (args_ptr, args_len) = parts(args.as_bytes());
         read_text(unsafe {
-            sys::sketch_query(
-                name_ptr, name_len, query_ptr, query_len, args_ptr, args_len,
-            )
+            sys::sketch_query(name_ptr, name_len, query_ptr, query_len, args_ptr, args_len)
         })
     }
 
     /// A value of the function's user configuration.
     pub fn config(&mut self, name: &str) -> Option<String> {
         let (ptr, len) = parts(name.as_bytes());
-        read_text(unsafe { sys::config_get(ptr, len) }).ok().flatten()
+        read_text(unsafe { sys::config_get(ptr, len) })
+            .ok()
+            .flatten()
     }
 
     /// Writes a log line through the worker's logger.

@@ -225,49 +225,49 @@ impl FunctionInstance for WasmInstance {
             self.batch.clear();
             encode_batch(&messages[start..], &mut self.batch);
             let batch = std::mem::take(&mut self.batch);
-            let live = self.ensure_live()?;
-            let budget = live.store.data().fuel_per_message;
-            live.store.data_mut().start_call(start);
-            let result = live
-                .store
-                .set_fuel(budget)
-                .and_then(|()| call(live, &batch));
-            let remaining = live.store.get_fuel().unwrap_or(0);
-            let host = live.store.data_mut();
-            host.fuel_used += budget.saturating_sub(remaining);
-            if let Some(memory) = host.memory {
-                let size = memory.data_size(&live.store);
+            let (result, current) = {
+                let live = self.ensure_live()?;
+                let budget = live.store.data().fuel_per_message;
+                live.store.data_mut().start_call(start);
+                let result = live
+                    .store
+                    .set_fuel(budget)
+                    .and_then(|()| call(live, &batch));
+                let remaining = live.store.get_fuel().unwrap_or(0);
+                let memory = live.store.data().memory;
+                let size = memory.map_or(0, |memory| memory.data_size(&live.store));
                 let host = live.store.data_mut();
+                host.fuel_used += budget.saturating_sub(remaining);
                 host.limiter.peak_bytes = host.limiter.peak_bytes.max(size);
-            }
+                (result, host.current)
+            };
             self.batch = batch;
             match result {
                 Ok(0) => break,
                 Ok(code) => {
-                    let host = live.store.data();
                     trapped.push(MessageFailure {
-                        index: host.current,
-                        error: FunctionError::Failed(format!(
-                            "magnetar_process returned {code}"
-                        )),
+                        index: current,
+                        error: FunctionError::Failed(format!("magnetar_process returned {code}")),
                     });
                     break;
                 }
                 Err(error) => {
-                    let host = live.store.data();
-                    let index = host.current;
-                    trapped.push(MessageFailure {
-                        index,
-                        error: classify(&error, host),
-                    });
+                    let host = self
+                        .host()
+                        .ok_or_else(|| FunctionError::Runtime("the instance lost its state".into()))?;
+                    let failure = classify(&error, host);
                     tracing::warn!(
                         function = %host.function_name,
-                        index,
-                        error = %trapped[trapped.len() - 1].error,
+                        index = current,
+                        error = %failure,
                         "function instance stopped; starting a fresh one"
                     );
+                    trapped.push(MessageFailure {
+                        index: current,
+                        error: failure,
+                    });
                     self.discard_live();
-                    start = index + 1;
+                    start = current + 1;
                 }
             }
         }

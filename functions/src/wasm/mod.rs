@@ -71,6 +71,17 @@ pub struct FunctionModule {
     compile_time: Duration,
 }
 
+impl std::fmt::Debug for FunctionModule {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter
+            .debug_struct("FunctionModule")
+            .field("hash", &cache::hex(&self.hash))
+            .field("from_cache", &self.from_cache)
+            .field("compile_time", &self.compile_time)
+            .finish_non_exhaustive()
+    }
+}
+
 impl FunctionModule {
     /// The SHA-256 of the WebAssembly bytes.
     pub fn hash(&self) -> &ModuleHash {

@@ -20,13 +20,16 @@ impl Function for Faulty {
                 }
             }
             b"bomb" => loop {
-                let mut block = vec![0u8; 1 << 20];
-                block[0] = 1;
+                // Reserved, not written: the bomb hits the memory limit, not the CPU budget.
+                let mut block = Vec::<u8>::with_capacity(1 << 20);
+                block.push(1);
                 self.hoard.push(std::hint::black_box(block));
             },
             b"trap" => std::process::abort(),
             b"fail" => Err("asked to fail".to_owned()),
-            payload => ctx.output(msg.key, payload).map_err(|error| error.to_string()),
+            payload => ctx
+                .output(msg.key, payload)
+                .map_err(|error| error.to_string()),
         }
     }
 }
