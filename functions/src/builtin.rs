@@ -154,7 +154,8 @@ impl BuiltinConfig {
             config.filter =
                 Some(Predicate::parse(text).map_err(|error| invalid(error.to_string()))?);
         }
-        let windowed = params.get("window") == Some("true") || params.get("bucket_width_ms").is_some();
+        let windowed =
+            params.get("window") == Some("true") || params.get("bucket_width_ms").is_some();
         if windowed {
             config.window = Some(WindowShape::from_params(params)?);
         }
@@ -179,7 +180,10 @@ impl BuiltinConfig {
     /// An empty sketch as this config describes it.
     pub fn build_sketch(&self) -> Result<Stored> {
         match self.window {
-            None => Ok(registry::build(self.kind.sketch_kind(), &self.sketch_params)?),
+            None => Ok(registry::build(
+                self.kind.sketch_kind(),
+                &self.sketch_params,
+            )?),
             Some(shape) => {
                 let params = self
                     .sketch_params
@@ -334,7 +338,8 @@ impl FunctionInstance for BuiltinInstance {
                 }
             }
         }
-        if self.dirty && self.last_persist.elapsed().as_millis() as u64 >= self.config.persist_interval_ms
+        if self.dirty
+            && self.last_persist.elapsed().as_millis() as u64 >= self.config.persist_interval_ms
         {
             self.persist()?;
         }

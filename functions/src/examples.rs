@@ -45,7 +45,9 @@ fn ensure_rustup_target() {
             .any(|line| line.trim() == TARGET)
         {
             // A failure here shows up as the build's own error just below.
-            let _ = Command::new("rustup").args(["target", "add", TARGET]).status();
+            let _ = Command::new("rustup")
+                .args(["target", "add", TARGET])
+                .status();
         }
     }
 }

@@ -247,7 +247,12 @@ impl FunctionState {
     }
 
     /// Answers `query` on sketch `name`; `None` when the sketch does not exist.
-    pub fn sketch_query(&mut self, name: &str, query: &str, args: &Params) -> Result<Option<Answer>> {
+    pub fn sketch_query(
+        &mut self,
+        name: &str,
+        query: &str,
+        args: &Params,
+    ) -> Result<Option<Answer>> {
         if !self.load_sketch(name)? {
             return Ok(None);
         }
@@ -434,7 +439,10 @@ mod tests {
         a.flush().unwrap();
         assert_eq!(ab.get(b"bkey").unwrap(), None);
         assert_eq!(a.get(b"key").unwrap(), None);
-        assert_eq!(ab.list(b"", 100).unwrap(), vec![(b"key".to_vec(), b"from ab".to_vec())]);
+        assert_eq!(
+            ab.list(b"", 100).unwrap(),
+            vec![(b"key".to_vec(), b"from ab".to_vec())]
+        );
         assert_eq!(ab.counter_get(b"n").unwrap(), 0);
         let snapshot = ab.snapshot().unwrap();
         a.restore(&snapshot).unwrap();
@@ -501,7 +509,11 @@ mod tests {
         let snapshot = state.snapshot().unwrap();
         let mut flipped = snapshot.clone();
         flipped[14] ^= 1;
-        for bad in [&snapshot[..10], &snapshot[..snapshot.len() - 1], &flipped[..]] {
+        for bad in [
+            &snapshot[..10],
+            &snapshot[..snapshot.len() - 1],
+            &flipped[..],
+        ] {
             let error = state.restore(bad).unwrap_err();
             assert_eq!(error.code(), "FN_CORRUPT_SNAPSHOT", "{error}");
         }
@@ -515,9 +527,7 @@ mod tests {
             let store = StateStore::open(directory.path()).unwrap();
             let mut state = store.function("f").unwrap();
             state.counter_incr(b"n", 7).unwrap();
-            state
-                .sketch_update("d", "hll", 0, Item::Int(1))
-                .unwrap();
+            state.sketch_update("d", "hll", 0, Item::Int(1)).unwrap();
             state.flush().unwrap();
             store.persist().unwrap();
         }

@@ -1,9 +1,7 @@
 //! Each built-in function gives the same sketch as the sketches crate fed the same values, and
 //! malformed input is counted and skipped, or sent to the dead-letter topic.
 
-use magnetar_functions::{
-    BuiltinConfig, BuiltinInstance, FunctionInstance, Message, StateStore,
-};
+use magnetar_functions::{BuiltinConfig, BuiltinInstance, FunctionInstance, Message, StateStore};
 use magnetar_sketches::{registry, Answer, Item, Params, Stored};
 
 fn store() -> (tempfile::TempDir, StateStore) {
@@ -79,11 +77,18 @@ fn users(messages: &[Message]) -> Vec<String> {
 #[test]
 fn count_min_over_the_key_equals_the_sketch_crate() {
     let messages = json_messages(2000);
-    let params = Params::new().with("extract", "key").with("width", 512).with("depth", 4);
+    let params = Params::new()
+        .with("extract", "key")
+        .with("width", 512)
+        .with("depth", 4);
     let (stored, _, _directory) = run("count-min", &params, &messages);
     let users = users(&messages);
     let items: Vec<Item<'_>> = users.iter().map(|user| Item::Str(user)).collect();
-    let expected = direct("count_min", &Params::new().with("width", 512).with("depth", 4), &items);
+    let expected = direct(
+        "count_min",
+        &Params::new().with("width", 512).with("depth", 4),
+        &items,
+    );
     assert_eq!(stored.to_bytes(), expected.to_bytes());
 }
 
@@ -110,7 +115,9 @@ fn quantiles_over_a_numeric_field_equal_the_sketch_crate() {
     let messages = json_messages(150);
     let params = Params::new().with("extract", "latency_ms").with("k", 200);
     let (stored, _, _directory) = run("quantiles", &params, &messages);
-    let values: Vec<f64> = (0..150).map(|index| ((index * 7919) % 1000) as f64).collect();
+    let values: Vec<f64> = (0..150)
+        .map(|index| ((index * 7919) % 1000) as f64)
+        .collect();
     let items: Vec<Item<'_>> = values.iter().map(|value| Item::Float(*value)).collect();
     let expected = direct("kll", &Params::new().with("k", 200), &items);
     for rank in ["0.0", "0.1", "0.5", "0.9", "0.99", "1.0"] {
@@ -126,35 +133,56 @@ fn quantiles_over_a_numeric_field_equal_the_sketch_crate() {
 #[test]
 fn top_k_equals_the_sketch_crate() {
     let messages = json_messages(5000);
-    let params = Params::new().with("extract", "key").with("max_map_size", 64);
+    let params = Params::new()
+        .with("extract", "key")
+        .with("max_map_size", 64);
     let (stored, _, _directory) = run("top-k", &params, &messages);
     let users = users(&messages);
     let items: Vec<Item<'_>> = users.iter().map(|user| Item::Str(user)).collect();
-    let expected = direct("frequent_items", &Params::new().with("max_map_size", 64), &items);
+    let expected = direct(
+        "frequent_items",
+        &Params::new().with("max_map_size", 64),
+        &items,
+    );
     assert_eq!(stored.to_bytes(), expected.to_bytes());
 }
 
 #[test]
 fn bloom_over_the_payload_equals_the_sketch_crate() {
     let messages = json_messages(500);
-    let params = Params::new().with("capacity", 1000).with("false_positive_rate", 0.01);
+    let params = Params::new()
+        .with("capacity", 1000)
+        .with("false_positive_rate", 0.01);
     let (stored, _, _directory) = run("bloom", &params, &messages);
     let items: Vec<Item<'_>> = messages
         .iter()
         .map(|message| Item::Bytes(&message.payload))
         .collect();
-    let expected = direct("bloom", &Params::new().with("capacity", 1000).with("false_positive_rate", 0.01), &items);
+    let expected = direct(
+        "bloom",
+        &Params::new()
+            .with("capacity", 1000)
+            .with("false_positive_rate", 0.01),
+        &items,
+    );
     assert_eq!(stored.to_bytes(), expected.to_bytes());
 }
 
 #[test]
 fn sample_equals_the_sketch_crate_with_the_same_seed() {
     let messages = json_messages(1000);
-    let params = Params::new().with("extract", "key").with("k", 20).with("seed", 9);
+    let params = Params::new()
+        .with("extract", "key")
+        .with("k", 20)
+        .with("seed", 9);
     let (stored, _, _directory) = run("sample", &params, &messages);
     let users = users(&messages);
     let items: Vec<Item<'_>> = users.iter().map(|user| Item::Str(user)).collect();
-    let expected = direct("reservoir", &Params::new().with("k", 20).with("seed", 9), &items);
+    let expected = direct(
+        "reservoir",
+        &Params::new().with("k", 20).with("seed", 9),
+        &items,
+    );
     assert_eq!(stored.to_bytes(), expected.to_bytes());
 }
 
@@ -209,7 +237,11 @@ fn malformed_messages_are_counted_and_skipped_or_dead_lettered() {
     .unwrap();
     let mut instance = BuiltinInstance::new(config, store.function("q").unwrap()).unwrap();
     let outcome = instance.process_batch(&messages).unwrap();
-    let indexes: Vec<usize> = outcome.failures.iter().map(|failure| failure.index).collect();
+    let indexes: Vec<usize> = outcome
+        .failures
+        .iter()
+        .map(|failure| failure.index)
+        .collect();
     assert_eq!(indexes, vec![10, 11, 12]);
     assert!(outcome
         .failures
@@ -250,7 +282,8 @@ fn snapshot_and_restore_of_a_built_in_give_identical_answers() {
     let (_directory, store) = store();
     let params = Params::new().with("extract", "key");
     let config = BuiltinConfig::from_params("top-k", &params).unwrap();
-    let mut instance = BuiltinInstance::new(config.clone(), store.function("top").unwrap()).unwrap();
+    let mut instance =
+        BuiltinInstance::new(config.clone(), store.function("top").unwrap()).unwrap();
     let messages = json_messages(600);
     instance.process_batch(&messages[..300]).unwrap();
     instance.flush().unwrap();

@@ -36,7 +36,9 @@ fn fixture() -> Fixture {
 
 impl Fixture {
     fn module(&self, example: &str) -> Arc<FunctionModule> {
-        self.runtime.deploy(&example_wasm(example).unwrap()).unwrap()
+        self.runtime
+            .deploy(&example_wasm(example).unwrap())
+            .unwrap()
     }
 
     fn instance_with(
@@ -175,15 +177,14 @@ fn per_key_count_min_over_a_json_field() {
     assert_eq!(outcome.failures[0].index, 4);
     assert_eq!(outcome.failures[0].error.code(), "FN_FAILED");
     let state = instance.state_mut().unwrap();
-    let estimate = |state: &mut magnetar_functions::FunctionState, sketch: &str, page: &str| {
-        match state
+    let estimate =
+        |state: &mut magnetar_functions::FunctionState, sketch: &str, page: &str| match state
             .sketch_query(sketch, "estimate", &Params::new().with("item", page))
             .unwrap()
         {
             Some(magnetar_sketches::Answer::Estimate { estimate, .. }) => estimate,
             other => panic!("unexpected answer {other:?}"),
-        }
-    };
+        };
     assert_eq!(estimate(state, "cm:alice", "/home"), 2.0);
     assert_eq!(estimate(state, "cm:alice", "/cart"), 1.0);
     assert_eq!(estimate(state, "cm:bob", "/home"), 1.0);
@@ -316,7 +317,11 @@ fn compiled_modules_come_from_the_disk_cache_after_a_restart() {
     let store_directory = tempfile::tempdir().unwrap();
     let store = StateStore::open(store_directory.path()).unwrap();
     let mut instance = runtime
-        .instantiate(&module, InstanceSettings::default(), store.function("f").unwrap())
+        .instantiate(
+            &module,
+            InstanceSettings::default(),
+            store.function("f").unwrap(),
+        )
         .unwrap();
     let outcome = instance.process_batch(&messages(&["x"])).unwrap();
     assert_eq!(payloads(&outcome), vec!["x"]);
@@ -387,7 +392,11 @@ fn snapshot_and_restore_give_identical_answers() {
     let snapshot = instance.state_mut().unwrap().snapshot().unwrap();
     instance.process_batch(&messages(&["two three"])).unwrap();
     assert_eq!(
-        instance.state_mut().unwrap().counter_get(b"word:two").unwrap(),
+        instance
+            .state_mut()
+            .unwrap()
+            .counter_get(b"word:two")
+            .unwrap(),
         3
     );
     instance.state_mut().unwrap().restore(&snapshot).unwrap();

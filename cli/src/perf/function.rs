@@ -58,8 +58,8 @@ pub struct FunctionPerfArgs {
 const POOL: usize = 20_000;
 
 const WORDS: [&str; 16] = [
-    "stream", "function", "sketch", "ledger", "bookie", "broker", "topic", "cursor", "the",
-    "a", "of", "message", "state", "count", "window", "quantile",
+    "stream", "function", "sketch", "ledger", "bookie", "broker", "topic", "cursor", "the", "a",
+    "of", "message", "state", "count", "window", "quantile",
 ];
 
 fn resident_bytes() -> u64 {
@@ -177,8 +177,11 @@ pub fn run(args: FunctionPerfArgs) -> anyhow::Result<()> {
                 let memory = wasm_memory(&runtime, &module, &store, &pool, &args, baseline_bytes)?;
                 let instance_start_us = wasm_start_us(&runtime, &module, &store)?;
 
-                let mut instance =
-                    runtime.instantiate(&module, wasm_settings("timed"), store.function("timed")?)?;
+                let mut instance = runtime.instantiate(
+                    &module,
+                    wasm_settings("timed"),
+                    store.function("timed")?,
+                )?;
                 let msgs_per_sec = throughput(&mut instance, &pool, args.batch, args.messages)?;
                 let linear_memory = instance.metrics().peak_memory_bytes;
 
@@ -249,11 +252,17 @@ pub fn run(args: FunctionPerfArgs) -> anyhow::Result<()> {
     let ratio = memory.many_bytes as f64 / memory.one_bytes.max(1) as f64;
     if !args.json {
         println!("kind                      {}", kind_name(args.kind));
-        println!("throughput                {msgs_per_sec:.0} msgs/s (batches of {})", args.batch);
+        println!(
+            "throughput                {msgs_per_sec:.0} msgs/s (batches of {})",
+            args.batch
+        );
         println!("call overhead             {call_overhead_ns:.1} ns/message");
         println!("instance start            {instance_start_us:.1} us (module cached)");
         println!("first compile             {compile_ms:.1} ms");
-        println!("one instance              {} bytes RSS ({} bytes of linear memory or sketch)", memory.one_bytes, linear_memory);
+        println!(
+            "one instance              {} bytes RSS ({} bytes of linear memory or sketch)",
+            memory.one_bytes, linear_memory
+        );
         println!(
             "{} instances            {} bytes RSS ({ratio:.1}x one)",
             args.instances, memory.many_bytes

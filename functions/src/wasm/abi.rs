@@ -599,8 +599,7 @@ pub(crate) fn add_host_functions(linker: &mut Linker<HostState>) -> wasmtime::Re
             let Some(name) = guest_text(data, ptr, len)? else {
                 return Ok(());
             };
-            if host.user_metrics.len() < MAX_USER_METRICS || host.user_metrics.contains_key(name)
-            {
+            if host.user_metrics.len() < MAX_USER_METRICS || host.user_metrics.contains_key(name) {
                 host.user_metrics.insert(name.to_owned(), value);
             }
             Ok(())

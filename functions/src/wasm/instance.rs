@@ -59,7 +59,7 @@ fn build_live(
     engine: &Engine,
     module: &FunctionModule,
     host: HostState,
-) -> std::result::Result<Live, (FunctionError, HostState)> {
+) -> std::result::Result<Live, Box<(FunctionError, HostState)>> {
     let mut store = Store::new(engine, host);
     store.limiter(|host| &mut host.limiter);
     let fuel = store.data().fuel_per_message;
@@ -70,7 +70,7 @@ fn build_live(
         Ok(instance) => instance,
         Err(error) => {
             let error = FunctionError::Runtime(format!("instantiating: {error:#}"));
-            return Err((error, store.into_data()));
+            return Err(Box::new((error, store.into_data())));
         }
     };
     let memory = instance.get_memory(&mut store, "memory");
@@ -84,10 +84,10 @@ fn build_live(
             process,
         }),
         // Checked at deploy, so only a broken module cache could get here.
-        _ => Err((
+        _ => Err(Box::new((
             FunctionError::AbiMismatch("exports changed after deploy".into()),
             store.into_data(),
-        )),
+        ))),
     }
 }
 
@@ -140,7 +140,7 @@ impl WasmInstance {
             Some(state),
             Arc::new(settings.user_config),
         );
-        let live = build_live(engine, &module, host).map_err(|(error, _)| error)?;
+        let live = build_live(engine, &module, host).map_err(|failed| failed.0)?;
         Ok(WasmInstance {
             engine: engine.clone(),
             module,
@@ -174,7 +174,8 @@ impl WasmInstance {
                 .ok_or_else(|| FunctionError::Runtime("the instance lost its state".into()))?;
             match build_live(&self.engine, &self.module, host) {
                 Ok(live) => self.live = Some(live),
-                Err((error, host)) => {
+                Err(failed) => {
+                    let (error, host) = *failed;
                     self.parked = Some(host);
                     return Err(error);
                 }
@@ -252,9 +253,9 @@ impl FunctionInstance for WasmInstance {
                     break;
                 }
                 Err(error) => {
-                    let host = self
-                        .host()
-                        .ok_or_else(|| FunctionError::Runtime("the instance lost its state".into()))?;
+                    let host = self.host().ok_or_else(|| {
+                        FunctionError::Runtime("the instance lost its state".into())
+                    })?;
                     let failure = classify(&error, host);
                     tracing::warn!(
                         function = %host.function_name,
@@ -275,14 +276,10 @@ impl FunctionInstance for WasmInstance {
             .host_mut()
             .ok_or_else(|| FunctionError::Runtime("the instance lost its state".into()))?;
         let mut failures = trapped;
-        failures.extend(
-            host.failures
-                .drain(..)
-                .map(|(index, text)| MessageFailure {
-                    index,
-                    error: FunctionError::Failed(text),
-                }),
-        );
+        failures.extend(host.failures.drain(..).map(|(index, text)| MessageFailure {
+            index,
+            error: FunctionError::Failed(text),
+        }));
         failures.sort_by_key(|failure| failure.index);
         // A failed message emits nothing: its partial outputs are dropped.
         let outputs = host

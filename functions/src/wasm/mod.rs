@@ -16,8 +16,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use wasmtime::{
-    Config, Engine, ExternType, InstanceAllocationStrategy, InstancePre, Linker,
-    Module, OptLevel, PoolingAllocationConfig, Store, ValType,
+    Config, Engine, ExternType, InstanceAllocationStrategy, InstancePre, Linker, Module, OptLevel,
+    PoolingAllocationConfig, Store, ValType,
 };
 
 use crate::error::{FunctionError, Result};
@@ -281,7 +281,11 @@ fn check_exports(module: &Module) -> Result<()> {
     ];
     match module.get_export("memory") {
         Some(ExternType::Memory(_)) => {}
-        Some(_) => return Err(FunctionError::AbiMismatch("`memory` is not a memory".into())),
+        Some(_) => {
+            return Err(FunctionError::AbiMismatch(
+                "`memory` is not a memory".into(),
+            ))
+        }
         None => return Err(FunctionError::AbiMismatch("no `memory` export".into())),
     }
     for (name, params, results) in expected {
