@@ -599,7 +599,10 @@ pub(crate) fn add_host_functions(linker: &mut Linker<HostState>) -> wasmtime::Re
             let Some(name) = guest_text(data, ptr, len)? else {
                 return Ok(());
             };
-            if host.user_metrics.len() < MAX_USER_METRICS || host.user_metrics.contains_key(name) {
+            // Updating a known metric allocates nothing; new names stop at the bound.
+            if let Some(slot) = host.user_metrics.get_mut(name) {
+                *slot = value;
+            } else if host.user_metrics.len() < MAX_USER_METRICS {
                 host.user_metrics.insert(name.to_owned(), value);
             }
             Ok(())
