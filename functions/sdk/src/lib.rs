@@ -73,7 +73,8 @@
 //! | `log` | `(level: i32, ptr, len)` | a log line; level 0 error, 1 warn, 2 info, 3 debug |
 //! | `metric` | `(name_ptr, name_len, value: f64)` | record a user metric (last value wins) |
 //!
-//! Calls returning `i32`/`i64` report failures as negative codes (see [`HostError`]); a
+//! Calls returning `i32`/`i64` report failures as negative codes (see [`HostError`]), except
+//! the counters, whose values may be negative: a state failure there traps the message. A
 //! pointer outside the guest's memory traps the instance.
 //!
 //! ## Limits
@@ -410,10 +411,8 @@ impl Context {
     /// Adds `delta` to counter `name`; returns the new value.
     pub fn counter_incr(&mut self, name: &str, delta: i64) -> Result<i64, HostError> {
         let (ptr, len) = parts(name.as_bytes());
-        let value = unsafe { sys::counter_incr(ptr, len, delta) };
-        // Counters may legitimately go negative, so failures come back through `counter_get`
-        // semantics only for malformed names, which `&str` rules out.
-        Ok(value)
+        // A counter may be negative, so the host traps on failure instead of returning a code.
+        Ok(unsafe { sys::counter_incr(ptr, len, delta) })
     }
 
     /// The value of counter `name` (0 if never set).
