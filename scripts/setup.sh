@@ -22,6 +22,12 @@ for component in rustfmt clippy; do
   fi
 done
 
+# The functions tests build the example functions to WebAssembly.
+if ! rustup target list --installed 2>/dev/null | grep -q '^wasm32-unknown-unknown$'; then
+  echo "setup: adding rustup target wasm32-unknown-unknown (the example functions need it)"
+  rustup target add wasm32-unknown-unknown
+fi
+
 # The sketches interoperability test builds a virtual environment with Python's datasketches.
 if ! python3 -c 'import venv, ensurepip' >/dev/null 2>&1; then
   echo "setup: installing python3-venv (the sketches interoperability test needs it)"

@@ -2,6 +2,7 @@
 //! runs and ends with exactly one JSON line on stdout holding every figure.
 
 mod bookie;
+mod function;
 mod ledger;
 mod meta;
 mod pubsub;
@@ -27,6 +28,8 @@ pub enum PerfCommand {
     E2e(pubsub::PubSubPerfArgs),
     /// Sketch update and merge costs, ours beside the `datasketches` crate.
     Sketches(sketches::SketchesPerfArgs),
+    /// One function instance in process: msgs/s, call overhead, start time, memory.
+    Function(function::FunctionPerfArgs),
 }
 
 pub fn run(command: PerfCommand) -> anyhow::Result<()> {
@@ -35,6 +38,7 @@ pub fn run(command: PerfCommand) -> anyhow::Result<()> {
         PerfCommand::Ledger(args) => ledger::run(args),
         PerfCommand::Meta(args) => meta::run(args),
         PerfCommand::Sketches(args) => sketches::run(args),
+        PerfCommand::Function(args) => function::run(args),
         PerfCommand::Produce(args) => pubsub::run(pubsub::Mode::Produce, args),
         PerfCommand::Consume(args) => {
             // An existing topic of a running cluster is read as it is; otherwise there is
