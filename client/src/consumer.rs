@@ -602,6 +602,10 @@ impl PartitionTask {
                 return;
             }
             if broken {
+                // End the old stream first, so the broker lets the consumer go (an Exclusive
+                // subscription refuses a second consumer while the first is attached).
+                let (ended, _) = mpsc::channel(1);
+                drop(std::mem::replace(&mut connection.requests, ended));
                 match self.reconnect().await {
                     Some(fresh) => {
                         connection = fresh;

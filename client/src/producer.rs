@@ -419,6 +419,10 @@ impl PartitionTask {
                 return;
             }
             if broken {
+                // End the old stream first: the broker frees this producer's name only once it
+                // ends, and until then a new stream is refused with PRODUCER_BUSY.
+                let (ended, _) = mpsc::channel(1);
+                drop(std::mem::replace(&mut connection.requests, ended));
                 match self.reconnect().await {
                     Some(fresh) => connection = fresh,
                     None => {

@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 
 use magnetar_bookie::ledger::available_bookies;
 use magnetar_broker::bundles::DEFAULT_BUNDLES;
+use magnetar_broker::service::namespaces::{self, NamespacePolicies};
 use magnetar_broker::service::ownership::{bundle_for, live_brokers, owner_key, owner_of};
 use magnetar_broker::TopicName;
 use magnetar_client::{Client, Consumer, InitialPosition, OutgoingMessage, SubscriptionType};
@@ -28,7 +29,8 @@ use rand::{Rng, SeedableRng};
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
 
-const TOPIC: &str = "persistent://public/default/crash";
+/// In a namespace that retains consumed data, so the final count can read the whole log.
+const TOPIC: &str = "persistent://crash/kept/events";
 const MESSAGES: usize = 3_000;
 const KEYS: usize = 16;
 /// Messages queued before waiting for their receipts.
@@ -87,7 +89,10 @@ struct Processes {
 }
 
 fn write_broker_config(dir: &Path, listen: &str, meta: &[String]) -> std::io::Result<PathBuf> {
-    let endpoints: Vec<String> = meta.iter().map(|endpoint| format!("{endpoint:?}")).collect();
+    let endpoints: Vec<String> = meta
+        .iter()
+        .map(|endpoint| format!("{endpoint:?}"))
+        .collect();
     let text = format!(
         "listen = {listen:?}\n\
          http_listen = \"127.0.0.1:{http}\"\n\
@@ -206,9 +211,8 @@ impl Seen {
         if let Some(&last) = self.last_of_key.get(&key) {
             // Next in order, or a redelivery going back; never a skip ahead.
             if sequence > last + 1 {
-                self.order_violations.push(format!(
-                    "key {key}: sequence {sequence} after {last}"
-                ));
+                self.order_violations
+                    .push(format!("key {key}: sequence {sequence} after {last}"));
             }
         } else if sequence != 0 {
             self.order_violations
@@ -253,6 +257,18 @@ async fn acknowledged_messages_survive_a_broker_and_a_bookie_killed() -> TestRes
     let mut rng = StdRng::seed_from_u64(seed());
     let mut cluster = start_cluster().await?;
     let meta = MetaClient::new(&cluster.meta_endpoints)?;
+    namespaces::create_tenant(&meta, "crash").await?;
+    namespaces::create_namespace(
+        &meta,
+        "crash",
+        "kept",
+        &NamespacePolicies {
+            retention_minutes: 60,
+            retention_size_mb: 1024,
+            ..NamespacePolicies::default()
+        },
+    )
+    .await?;
     let service_url = cluster
         .brokers
         .iter()
@@ -265,7 +281,11 @@ async fn acknowledged_messages_survive_a_broker_and_a_bookie_killed() -> TestRes
     let mut seen_by = Vec::new();
     for (subscription, kind, names) in [
         ("exclusive", SubscriptionType::Exclusive, vec!["only"]),
-        ("failover", SubscriptionType::Failover, vec!["first", "second"]),
+        (
+            "failover",
+            SubscriptionType::Failover,
+            vec!["first", "second"],
+        ),
         ("key-shared", SubscriptionType::KeyShared, vec!["a", "b"]),
     ] {
         let seen = Arc::new(Mutex::new(Seen::default()));
@@ -282,7 +302,11 @@ async fn acknowledged_messages_survive_a_broker_and_a_bookie_killed() -> TestRes
         }
     }
 
-    let producer = client.producer(TOPIC).name("crash-producer").create().await?;
+    let producer = client
+        .producer(TOPIC)
+        .name("crash-producer")
+        .create()
+        .await?;
     let victim_bookie = rng.random_range(0..cluster.bookies.len());
     let mut broker_killed = false;
     let mut bookie_restart: Option<std::thread::JoinHandle<Bookie>> = None;
@@ -297,7 +321,9 @@ async fn acknowledged_messages_survive_a_broker_and_a_bookie_killed() -> TestRes
                 .find(|(address, _)| *address == owner)
                 .ok_or("the owner is one of the brokers")?;
             println!("killing the owning broker {owner} at {acknowledged} acknowledged");
-            process.take().map(|mut process| process.kill());
+            if let Some(mut process) = process.take() {
+                process.kill();
+            }
             broker_killed = true;
         }
         if bookie_restart.is_none() && acknowledged >= 2 * MESSAGES / 3 {
@@ -306,7 +332,9 @@ async fn acknowledged_messages_survive_a_broker_and_a_bookie_killed() -> TestRes
                 "killing bookie {} at {acknowledged} acknowledged; it restarts in 2 s",
                 bookie.address
             );
-            bookie.process.take().map(|mut process| process.kill());
+            if let Some(mut process) = bookie.process.take() {
+                process.kill();
+            }
             // The fault lasts a fixed time while the producer keeps trying; it is not a
             // wait for a condition.
             bookie_restart = Some(std::thread::spawn(move || {
@@ -332,9 +360,11 @@ async fn acknowledged_messages_survive_a_broker_and_a_bookie_killed() -> TestRes
         started.elapsed().as_secs_f64()
     );
     if let Some(restart) = bookie_restart {
-        cluster
-            .bookies
-            .push(restart.join().map_err(|_| "the bookie restart thread panicked")?);
+        cluster.bookies.push(
+            restart
+                .join()
+                .map_err(|_| "the bookie restart thread panicked")?,
+        );
     }
 
     for (subscription, seen) in &seen_by {
@@ -372,12 +402,16 @@ async fn acknowledged_messages_survive_a_broker_and_a_bookie_killed() -> TestRes
             .next_timeout(CATCH_UP)
             .await?
             .ok_or("the reader reaches every message")?;
-        *copies.entry(index_of(&message).ok_or("every message has an index")?).or_default() += 1;
+        *copies
+            .entry(index_of(&message).ok_or("every message has an index")?)
+            .or_default() += 1;
         read += 1;
     }
     // Anything stored twice would sit before the last first copy or right after it.
     while let Some(message) = reader.next_timeout(Duration::from_secs(2)).await? {
-        *copies.entry(index_of(&message).ok_or("every message has an index")?).or_default() += 1;
+        *copies
+            .entry(index_of(&message).ok_or("every message has an index")?)
+            .or_default() += 1;
         read += 1;
     }
     let twice: Vec<(&usize, &usize)> = copies.iter().filter(|(_, &count)| count > 1).collect();

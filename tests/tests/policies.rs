@@ -144,8 +144,7 @@ async fn retention_keeps_consumed_ledgers_only_when_asked() -> TestResult {
         wait_until_async("the acks to reach the cursor", DEADLINE, || {
             let served_topic = served_topic.clone();
             async move {
-                (served_topic.stats().await.subscriptions["all"].backlog_entries == 0)
-                    .then_some(())
+                (served_topic.stats().await.subscriptions["all"].backlog_entries == 0).then_some(())
             }
         })
         .await?;
@@ -175,7 +174,10 @@ async fn retention_keeps_consumed_ledgers_only_when_asked() -> TestResult {
             .receive_timeout(DEADLINE)
             .await?
             .ok_or("retained messages arrive")?;
-        assert_eq!(message.payload.as_ref(), format!("message-{index}").as_bytes());
+        assert_eq!(
+            message.payload.as_ref(),
+            format!("message-{index}").as_bytes()
+        );
     }
     Ok(())
 }
@@ -215,7 +217,11 @@ async fn backlog_quota_rejects_producers_until_consumers_catch_up() -> TestResul
         }
     })
     .await?;
-    assert_eq!(refused.code(), Some(ErrorCode::BacklogQuotaExceeded), "{refused}");
+    assert_eq!(
+        refused.code(),
+        Some(ErrorCode::BacklogQuotaExceeded),
+        "{refused}"
+    );
     let stored = stored.into_inner();
     assert!(stored > 10, "refused only over the quota, after {stored}");
 

@@ -105,7 +105,10 @@ async fn every_subscription_type_delivers_as_promised() -> TestResult {
     let producer = client.producer(topic).batching(false).create().await?;
     for index in 0..400 {
         producer
-            .send(OutgoingMessage::new(format!("message-{index}")).with_property("index", index.to_string()))
+            .send(
+                OutgoingMessage::new(format!("message-{index}"))
+                    .with_property("index", index.to_string()),
+            )
             .await?;
     }
     let mut seen = HashSet::new();

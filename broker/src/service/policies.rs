@@ -146,8 +146,7 @@ pub async fn maintain(service: Weak<BrokerService>, interval: Duration) {
             by_namespace.entry(namespace).or_default().push(topic);
         }
         for ((tenant, namespace), topics) in by_namespace {
-            let policies = match namespaces::policies(service.meta(), &tenant, &namespace).await
-            {
+            let policies = match namespaces::policies(service.meta(), &tenant, &namespace).await {
                 Ok(policies) => TopicPolicies::from_namespace(&policies),
                 Err(error) => {
                     warn!(%tenant, %namespace, %error, "reading policies failed; will retry");

@@ -306,7 +306,9 @@ impl Topic {
             ));
         }
         if *self.quota_exceeded.borrow() && self.backlog_policy() == Some(BacklogPolicy::Reject) {
-            return Err(BrokerError::BacklogQuotaExceeded(self.name.namespace_path()));
+            return Err(BrokerError::BacklogQuotaExceeded(
+                self.name.namespace_path(),
+            ));
         }
         let highest_sequence_id = first_sequence_id + u64::from(count) - 1;
         let batch = StoredBatch {
@@ -518,8 +520,12 @@ impl Topic {
                     .map_err(BrokerError::from),
             };
             match outcome {
-                Ok(()) => info!(topic = %self.name, %cursor, %through, "message TTL expired entries"),
-                Err(error) => warn!(topic = %self.name, %cursor, %error, "message TTL expiry failed"),
+                Ok(()) => {
+                    info!(topic = %self.name, %cursor, %through, "message TTL expired entries")
+                }
+                Err(error) => {
+                    warn!(topic = %self.name, %cursor, %error, "message TTL expiry failed")
+                }
             }
         }
     }
