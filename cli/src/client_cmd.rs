@@ -67,10 +67,28 @@ pub struct ConsumeArgs {
     pub service_url: String,
 }
 
+/// How long `produce` and `consume` wait for a broker that is not reachable yet (one still
+/// starting, as when a cluster and a client are started together).
+const CONNECT_PATIENCE: std::time::Duration = std::time::Duration::from_secs(30);
+
 async fn connect(url: &str) -> anyhow::Result<Client> {
-    Client::connect(url)
-        .await
-        .with_context(|| format!("connecting to {url}"))
+    let deadline = tokio::time::Instant::now() + CONNECT_PATIENCE;
+    let mut told = false;
+    loop {
+        match Client::connect(url).await {
+            Ok(client) => return Ok(client),
+            Err(error) if error.is_retryable() && tokio::time::Instant::now() < deadline => {
+                if !told {
+                    eprintln!("waiting up to {CONNECT_PATIENCE:?} for a broker at {url} ...");
+                    told = true;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            }
+            Err(error) => {
+                return Err(error).with_context(|| format!("connecting to {url}"));
+            }
+        }
+    }
 }
 
 pub fn produce(args: ProduceArgs) -> anyhow::Result<()> {
