@@ -9,14 +9,17 @@
 //! - [`process`]: the `magnetar` binary, child processes that die with the test, free ports.
 //! - [`wait`]: polling with a deadline.
 //! - [`payload`]: deterministic entry payloads writers and checkers agree on.
+//! - [`seed`]: the printed, replayable seed of randomised crash tests.
 //!
 //! The `ledger_writer` binary (`src/bin/`) is a ledger writer to kill mid-stream.
 
 pub mod cluster;
 pub mod payload;
 pub mod process;
+pub mod seed;
 pub mod wait;
 
 pub use payload::entry_payload;
 pub use process::{free_port, magnetar_binary, MagnetarProcess};
+pub use seed::crash_seed;
 pub use wait::{wait_until, wait_until_async};

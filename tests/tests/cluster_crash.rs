@@ -23,7 +23,7 @@ use magnetar_broker::service::ownership::{bundle_for, live_brokers, owner_key, o
 use magnetar_broker::TopicName;
 use magnetar_client::{Client, Consumer, InitialPosition, OutgoingMessage, SubscriptionType};
 use magnetar_meta::MetaClient;
-use magnetar_tests::{free_port, wait_until_async, MagnetarProcess};
+use magnetar_tests::{crash_seed, free_port, wait_until_async, MagnetarProcess};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -37,20 +37,6 @@ const KEYS: usize = 16;
 const WINDOW: usize = 50;
 const STARTUP: Duration = Duration::from_secs(60);
 const CATCH_UP: Duration = Duration::from_secs(120);
-
-fn seed() -> u64 {
-    let seed = std::env::var("MAGNETAR_CRASH_SEED")
-        .ok()
-        .and_then(|text| text.trim().parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|elapsed| elapsed.as_nanos() as u64)
-                .unwrap_or(7)
-        });
-    println!("seed {seed} (replay with MAGNETAR_CRASH_SEED={seed})");
-    seed
-}
 
 struct Bookie {
     address: String,
@@ -254,7 +240,7 @@ async fn owner(meta: &MetaClient) -> Option<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn acknowledged_messages_survive_a_broker_and_a_bookie_killed() -> TestResult {
-    let mut rng = StdRng::seed_from_u64(seed());
+    let mut rng = StdRng::seed_from_u64(crash_seed());
     let mut cluster = start_cluster().await?;
     let meta = MetaClient::new(&cluster.meta_endpoints)?;
     namespaces::create_tenant(&meta, "crash").await?;

@@ -20,25 +20,13 @@ use std::time::Duration;
 use magnetar_bookie::ledger::{available_bookies, LedgerClient, LedgerClientConfig};
 use magnetar_bookie::LedgerOptions;
 use magnetar_meta::{MetaClient, MetaConfig, MetaServer};
-use magnetar_tests::{entry_payload, free_port, wait_until, wait_until_async, MagnetarProcess};
+use magnetar_tests::{
+    crash_seed, entry_payload, free_port, wait_until, wait_until_async, MagnetarProcess,
+};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 const ENTRY_BYTES: usize = 100;
-
-fn seed() -> u64 {
-    let seed = std::env::var("MAGNETAR_CRASH_SEED")
-        .ok()
-        .and_then(|text| text.trim().parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|elapsed| elapsed.as_nanos() as u64)
-                .unwrap_or(7)
-        });
-    println!("seed {seed} (replay with MAGNETAR_CRASH_SEED={seed})");
-    seed
-}
 
 /// Fields drop in order: bookies, then the store, then the directories under them.
 struct Cluster {
@@ -143,7 +131,7 @@ impl Cluster {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_bookie_killed_while_writing_is_replaced_and_nothing_acknowledged_is_lost() {
-    let seed = seed();
+    let seed = crash_seed();
     let mut rng = StdRng::seed_from_u64(seed);
     let total: u64 = 100_000;
     let kill_after = rng.random_range(10_000..60_000);
@@ -242,7 +230,7 @@ async fn write_entries(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_hung_bookie_is_replaced_after_the_add_timeout() {
-    let seed = seed();
+    let seed = crash_seed();
     let mut rng = StdRng::seed_from_u64(seed);
     let victim_index = rng.random_range(0..3usize);
     let cluster = Cluster::start(4).await;
@@ -341,7 +329,7 @@ impl Drop for WriterProcess {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_killed_writer_is_recovered_and_every_reader_agrees() {
-    let seed = seed();
+    let seed = crash_seed();
     let mut rng = StdRng::seed_from_u64(seed);
     let kill_after: i64 = rng.random_range(2_000..20_000);
     println!("killing the writer after entry {kill_after} is acknowledged");

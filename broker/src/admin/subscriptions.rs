@@ -18,8 +18,8 @@ use super::error::{codes, ApiError, ApiResult};
 use super::request::{self, done, ok, Params, Query};
 use super::topics::{fan_out, owned_topic, topic_name};
 use super::Context;
-use crate::managed_ledger::{InitialPosition, ManagedLedger, Position};
-use crate::service::subscription::{before, SeekTo};
+use crate::managed_ledger::{InitialPosition, Position};
+use crate::service::subscription::{before, last_published_before, SeekTo};
 use crate::service::{BrokerError, Topic};
 use crate::TopicName;
 
@@ -161,37 +161,13 @@ async fn move_to(topic: &Topic, subscription: &str, to: SeekTo) -> ApiResult<Pos
             let after = match to {
                 SeekTo::After(position) => position,
                 SeekTo::PublishTime(time_ms) => {
-                    position_before_time(&topic.ledger, time_ms).await?
+                    last_published_before(&topic.ledger, topic.ledger.earliest(), time_ms).await?
                 }
             };
             topic.ledger.reset_cursor(subscription, after)?;
         }
     }
     Ok(topic.ledger.cursor_state(subscription)?.mark_delete())
-}
-
-/// The position after which the first entry published at or after `time_ms` lies (the log's
-/// end when there is none).
-async fn position_before_time(ledger: &ManagedLedger, time_ms: u64) -> ApiResult<Position> {
-    let mut last = ledger.earliest();
-    let end = ledger.last_confirmed();
-    while last < end {
-        let from = Position::new(last.ledger_id, last.entry_id + 1);
-        let entries = ledger.read(from, SCAN_BATCH_ENTRIES).await?;
-        if entries.is_empty() {
-            break;
-        }
-        for entry in entries {
-            let published = StoredBatch::decode(entry.payload)
-                .map(|batch| batch.publish_time_ms)
-                .unwrap_or(0);
-            if published >= time_ms {
-                return Ok(before(entry.position));
-            }
-            last = entry.position;
-        }
-    }
-    Ok(end)
 }
 
 #[derive(Serialize)]

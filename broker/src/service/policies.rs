@@ -14,15 +14,12 @@ use std::collections::HashMap;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use magnetar_proto::broker::StoredBatch;
-use magnetar_proto::prost::Message as _;
 use tracing::warn;
 
-use super::error::BrokerResult;
 use super::namespaces::{self, NamespacePolicies};
 use super::topic::Topic;
 use super::BrokerService;
-use crate::managed_ledger::{ManagedLedger, Position, RetentionPolicy};
+use crate::managed_ledger::RetentionPolicy;
 
 /// What happens to producers while a subscription is over the backlog quota.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -93,37 +90,6 @@ pub fn quota_exceeded(quota: Option<BacklogQuota>, max_backlog_entries: u64) -> 
 /// Entries published before this instant are expired by a TTL.
 pub fn ttl_cutoff_ms(ttl: Duration, now_ms: u64) -> u64 {
     now_ms.saturating_sub(ttl.as_millis() as u64)
-}
-
-/// The last entry after `after` published before `time_ms` (`after` itself when there is
-/// none). Entries are in publish order, so the scan stops at the first one that is not.
-pub async fn last_published_before(
-    ledger: &ManagedLedger,
-    after: Position,
-    time_ms: u64,
-) -> BrokerResult<Position> {
-    const READ_BATCH_ENTRIES: usize = 100;
-    let mut last = after;
-    let end = ledger.last_confirmed();
-    while last < end {
-        let from = Position::new(last.ledger_id, last.entry_id + 1);
-        let entries = ledger.read(from, READ_BATCH_ENTRIES).await?;
-        if entries.is_empty() {
-            break;
-        }
-        for entry in entries {
-            // An entry that is not a batch has no publish time: it expires with its
-            // neighbours rather than hold the cursor back forever.
-            let published = StoredBatch::decode(entry.payload)
-                .map(|batch| batch.publish_time_ms)
-                .unwrap_or(0);
-            if published >= time_ms {
-                return Ok(last);
-            }
-            last = entry.position;
-        }
-    }
-    Ok(last)
 }
 
 /// Applies the policies of each namespace to its loaded topics, every `interval`, until the

@@ -18,7 +18,7 @@ use tracing::{debug, warn};
 use super::error::{BrokerError, BrokerResult};
 use super::pending::{Assigned, MessageRef, Pending};
 use crate::dispatch::{ConsumerSlot, Dispatcher, JoinRefused, SubscriptionType};
-use crate::managed_ledger::{CursorState, ManagedLedger, Position};
+use crate::managed_ledger::{CursorState, ManagedLedger, ManagedLedgerResult, Position};
 
 /// Entries read from the log per read call.
 const READ_BATCH_ENTRIES: usize = 100;
@@ -227,6 +227,37 @@ impl SubscriptionHandle {
     pub fn is_closed(&self) -> bool {
         self.commands.is_closed()
     }
+}
+
+/// The last entry after `after` published before `time_ms` (`after` itself when there is
+/// none): where a cursor goes to deliver next what was published from `time_ms` on. Entries
+/// are in publish order, so the scan stops at the first one that is not older.
+pub async fn last_published_before(
+    ledger: &ManagedLedger,
+    after: Position,
+    time_ms: u64,
+) -> ManagedLedgerResult<Position> {
+    let mut last = after;
+    let end = ledger.last_confirmed();
+    while last < end {
+        let from = Position::new(last.ledger_id, last.entry_id + 1);
+        let entries = ledger.read(from, READ_BATCH_ENTRIES).await?;
+        if entries.is_empty() {
+            break;
+        }
+        for entry in entries {
+            // An entry that is not a batch has no publish time: it counts as old, so it never
+            // holds a cursor back.
+            let published = StoredBatch::decode(entry.payload)
+                .map(|batch| batch.publish_time_ms)
+                .unwrap_or(0);
+            if published >= time_ms {
+                return Ok(last);
+            }
+            last = entry.position;
+        }
+    }
+    Ok(last)
 }
 
 /// The position before `position`: what a cursor's mark-delete must be for `position` to be
@@ -529,7 +560,9 @@ impl SubscriptionTask {
     async fn seek(&mut self, to: SeekTo) -> BrokerResult<()> {
         let after = match to {
             SeekTo::After(position) => position,
-            SeekTo::PublishTime(time_ms) => self.find_by_publish_time(time_ms).await?,
+            SeekTo::PublishTime(time_ms) => {
+                last_published_before(&self.ledger, self.ledger.earliest(), time_ms).await?
+            }
         };
         if let Some(cursor) = &self.cursor {
             self.ledger.reset_cursor(cursor, after)?;
@@ -557,28 +590,5 @@ impl SubscriptionTask {
             self.last_read = through;
         }
         Ok(())
-    }
-
-    /// The position after which the first entry published at or after `time_ms` lies.
-    async fn find_by_publish_time(&self, time_ms: u64) -> BrokerResult<Position> {
-        let mut last = self.ledger.earliest();
-        let end = self.ledger.last_confirmed();
-        while last < end {
-            let from = Position::new(last.ledger_id, last.entry_id + 1);
-            let entries = self.ledger.read(from, READ_BATCH_ENTRIES).await?;
-            if entries.is_empty() {
-                break;
-            }
-            for entry in entries {
-                let published = StoredBatch::decode(entry.payload)
-                    .map(|batch| batch.publish_time_ms)
-                    .unwrap_or(0);
-                if published >= time_ms {
-                    return Ok(before(entry.position));
-                }
-                last = entry.position;
-            }
-        }
-        Ok(end)
     }
 }

@@ -21,7 +21,9 @@ use tracing::{info, warn};
 
 use super::error::{BrokerError, BrokerResult};
 use super::policies::{self, BacklogPolicy, TopicPolicies};
-use super::subscription::{type_name, SubscriptionHandle, SubscriptionStats};
+use super::subscription::{
+    last_published_before, type_name, SubscriptionHandle, SubscriptionStats,
+};
 use crate::dedup::{Deduplication, Verdict};
 use crate::dispatch::SubscriptionType;
 use crate::managed_ledger::{
@@ -499,14 +501,13 @@ impl Topic {
                 continue;
             };
             let mark_delete = state.mark_delete();
-            let through =
-                match policies::last_published_before(&self.ledger, mark_delete, cutoff_ms).await {
-                    Ok(through) => through,
-                    Err(error) => {
-                        warn!(topic = %self.name, %cursor, %error, "message TTL check failed");
-                        continue;
-                    }
-                };
+            let through = match last_published_before(&self.ledger, mark_delete, cutoff_ms).await {
+                Ok(through) => through,
+                Err(error) => {
+                    warn!(topic = %self.name, %cursor, %error, "message TTL check failed");
+                    continue;
+                }
+            };
             if through <= mark_delete {
                 continue;
             }
