@@ -19,6 +19,9 @@
 //! # }
 //! ```
 //!
+//! `examples/pubsub.rs` runs as it is against a standalone Magnetar:
+//! `cargo run -p magnetar-client --example pubsub`.
+//!
 //! # What it does for you
 //! - Lookup: any broker's address will do; each topic is served by the broker the cluster
 //!   assigns, and the client follows it when it moves.
