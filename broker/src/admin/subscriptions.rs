@@ -37,6 +37,17 @@ async fn partitions_of(context: &Context, topic: &TopicName) -> ApiResult<u32> {
     Ok(context.service.partitions(topic).await?)
 }
 
+/// Operations on particular entries or messages belong to one log: a partitioned topic's
+/// parent is refused, naming what to do instead.
+async fn refuse_partitioned(context: &Context, topic: &TopicName, why: &str) -> ApiResult<()> {
+    if partitions_of(context, topic).await? > 0 {
+        return Err(ApiError::invalid(format!(
+            "{topic} is partitioned; {why}: name one partition, {topic}-partition-N"
+        )));
+    }
+    Ok(())
+}
+
 fn check_exists(topic: &Topic, subscription: &str) -> ApiResult<()> {
     topic.ledger.cursor_state(subscription)?;
     Ok(())
@@ -226,11 +237,7 @@ pub async fn reset_to_message(
 ) -> ApiResult<Response> {
     let name = topic_name(&tenant, &namespace, &local)?;
     let id: MessageIdBody = request::body(&body, r#"{"ledger_id": 12, "entry_id": 0}"#)?;
-    if partitions_of(&context, &name).await? > 0 {
-        return Err(ApiError::invalid(format!(
-            "{name} is partitioned and a message id belongs to one partition: reset {name}-partition-N"
-        )));
-    }
+    refuse_partitioned(&context, &name, "a message id belongs to one partition").await?;
     if id.entry_id < 0 {
         return Err(
             BrokerError::InvalidMessageId(format!("{}:{}", id.ledger_id, id.entry_id)).into(),
@@ -278,11 +285,7 @@ pub async fn skip(
 ) -> ApiResult<Response> {
     let name = topic_name(&tenant, &namespace, &local)?;
     let count = request::count(&count, "the number of entries to skip", MAX_SKIP_ENTRIES)?;
-    if partitions_of(&context, &name).await? > 0 {
-        return Err(ApiError::invalid(format!(
-            "{name} is partitioned; skip on one partition, {name}-partition-N"
-        )));
-    }
+    refuse_partitioned(&context, &name, "skip counts the entries of one log").await?;
     let topic = owned_topic(&context, &name, &uri).await?;
     let cursor = topic.ledger.cursor_state(&subscription)?;
     let end = topic.ledger.last_confirmed();
@@ -414,11 +417,7 @@ pub async fn peek(
 ) -> ApiResult<Response> {
     let name = topic_name(&tenant, &namespace, &local)?;
     let count = request::count(&count, "the number of messages to peek", MAX_PEEK_MESSAGES)?;
-    if partitions_of(&context, &name).await? > 0 {
-        return Err(ApiError::invalid(format!(
-            "{name} is partitioned; peek one partition, {name}-partition-N"
-        )));
-    }
+    refuse_partitioned(&context, &name, "peek reads the messages of one log").await?;
     let topic = owned_topic(&context, &name, &uri).await?;
     Ok(ok(&peek_messages(&topic, &subscription, count).await?))
 }

@@ -54,44 +54,45 @@ async fn register(
     Ok(())
 }
 
+/// Binds `listen`; returns the listener, the bound address, and the address to advertise
+/// (`advertise`, or the bound one when empty). `flag` names the setting to change on failure.
+async fn bind(
+    listen: SocketAddr,
+    advertise: &str,
+    flag: &str,
+) -> BrokerResult<(tokio::net::TcpListener, SocketAddr, String)> {
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .map_err(|error| {
+            BrokerError::Unavailable(format!(
+                "cannot listen on {listen}: {error}; pick another {flag} address"
+            ))
+        })?;
+    let local_addr = listener
+        .local_addr()
+        .map_err(|error| BrokerError::Unavailable(error.to_string()))?;
+    let advertised = if advertise.is_empty() {
+        local_addr.to_string()
+    } else {
+        advertise.to_string()
+    };
+    Ok((listener, local_addr, advertised))
+}
+
 impl RunningBroker {
     pub async fn start(config: BrokerConfig) -> BrokerResult<Self> {
         config.validate().map_err(BrokerError::Protocol)?;
         let meta = MetaClient::new(&config.meta_endpoints)?;
         namespaces::ensure_default(&meta).await?;
         let ledgers = LedgerClient::new(meta.clone(), LedgerClientConfig::default());
-        let listener = tokio::net::TcpListener::bind(config.listen)
-            .await
-            .map_err(|error| {
-                BrokerError::Unavailable(format!(
-                    "cannot listen on {}: {error}; pick another --listen address",
-                    config.listen
-                ))
-            })?;
-        let local_addr = listener
-            .local_addr()
-            .map_err(|error| BrokerError::Unavailable(error.to_string()))?;
-        let address = if config.advertise_address.is_empty() {
-            local_addr.to_string()
-        } else {
-            config.advertise_address.clone()
-        };
-        let http_listener = tokio::net::TcpListener::bind(config.http_listen)
-            .await
-            .map_err(|error| {
-                BrokerError::Unavailable(format!(
-                    "cannot listen for HTTP on {}: {error}; pick another --http-listen address",
-                    config.http_listen
-                ))
-            })?;
-        let http_local_addr = http_listener
-            .local_addr()
-            .map_err(|error| BrokerError::Unavailable(error.to_string()))?;
-        let http_address = if config.advertise_http_address.is_empty() {
-            http_local_addr.to_string()
-        } else {
-            config.advertise_http_address.clone()
-        };
+        let (listener, local_addr, address) =
+            bind(config.listen, &config.advertise_address, "--listen").await?;
+        let (http_listener, _, http_address) = bind(
+            config.http_listen,
+            &config.advertise_http_address,
+            "--http-listen",
+        )
+        .await?;
         let session = meta.open_session(config.session_ttl()).await?;
         let session_id = session.id();
         let service = BrokerService::new(
