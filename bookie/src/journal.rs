@@ -3,8 +3,11 @@
 //! Adds from every connection queue here. The writer takes everything queued (up to
 //! `journal_max_group_bytes`, waiting at most `journal_max_group_wait` for more), encodes it
 //! into one buffer, writes it with one call and one fdatasync, and only then hands the entries
-//! to ledger storage and answers their writers. Files are preallocated with zeros by a helper
-//! thread, so an fdatasync flushes data and no file-size metadata.
+//! to ledger storage and answers their writers. Files are preallocated by a helper thread, so
+//! an fdatasync flushes data and no file-size metadata: a file whose records are all in ledger
+//! storage is recycled (renamed and written over), and only when none is spare is a new one
+//! filled with zeros, paced so the zeros do not hold up the journal's own fdatasyncs, unless
+//! the writer is about to need the file.
 //!
 //! Fencing goes through the same queue: a fence is answered only after every add queued before
 //! it is durable, and every add queued after it (other than recovery adds) fails with FENCED.
@@ -13,7 +16,7 @@ use std::collections::HashSet;
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -22,7 +25,9 @@ use magnetar_proto::bookie::{AddResult, Entry, ErrorCode};
 use tracing::{error, info, warn};
 
 use crate::error::{BookieError, Result};
-use crate::journal_record::{encode_entry, encoded_entry_len, file_header, FILE_HEADER_BYTES};
+use crate::journal_record::{
+    checksum_seed, encode_entry, encoded_entry_len, file_header, FILE_HEADER_BYTES,
+};
 
 /// A place in the journal: everything before it is durable.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord)]
@@ -101,13 +106,14 @@ impl Journal {
         queue_bound: usize,
     ) -> Result<Self> {
         let (spare_sender, spare_receiver) = flume::bounded::<JournalFile>(1);
-        let first =
-            JournalFile::create(&settings.dir, first_file_id, settings.file_size_bytes, None)?;
+        let first = next_journal_file(&settings, first_file_id, None)?;
+        let urgent = Arc::new(AtomicBool::new(false));
         let preallocator = {
             let settings = settings.clone();
+            let urgent = urgent.clone();
             std::thread::Builder::new()
                 .name("journal-prealloc".into())
-                .spawn(move || preallocate_files(settings, first_file_id + 1, spare_sender))
+                .spawn(move || preallocate_files(settings, first_file_id + 1, spare_sender, urgent))
                 .map_err(|source| BookieError::io("starting the journal preallocator", source))?
         };
         let (queue, receiver) = flume::bounded(queue_bound);
@@ -116,6 +122,7 @@ impl Journal {
             settings,
             current: first,
             spares: spare_receiver,
+            urgent,
             fenced_ledgers,
             sink,
             stats: stats.clone(),
@@ -176,8 +183,20 @@ pub fn journal_file_name(id: u64) -> String {
     format!("{id:016x}.journal")
 }
 
+/// Name of the spare made of journal file `id` once its records were all in ledger storage.
+fn spare_file_name(id: u64) -> String {
+    format!("{id:016x}.journal-spare")
+}
+
+/// How many checkpointed journal files are kept for reuse; the rest are deleted.
+const MAX_SPARE_FILES: usize = 2;
+
 /// Ids of the journal files in `dir`, in order.
 pub fn list_journal_files(dir: &Path) -> Result<Vec<u64>> {
+    list_files_ending(dir, ".journal")
+}
+
+fn list_files_ending(dir: &Path, suffix: &str) -> Result<Vec<u64>> {
     let mut ids = Vec::new();
     let entries = std::fs::read_dir(dir)
         .map_err(|source| BookieError::io(format!("listing {}", dir.display()), source))?;
@@ -185,7 +204,7 @@ pub fn list_journal_files(dir: &Path) -> Result<Vec<u64>> {
         let entry = entry.map_err(|source| BookieError::io("listing the journal", source))?;
         let name = entry.file_name();
         let Some(name) = name.to_str() else { continue };
-        if let Some(hex) = name.strip_suffix(".journal") {
+        if let Some(hex) = name.strip_suffix(suffix) {
             if let Ok(id) = u64::from_str_radix(hex, 16) {
                 ids.push(id);
             }
@@ -197,6 +216,8 @@ pub fn list_journal_files(dir: &Path) -> Result<Vec<u64>> {
 
 struct JournalFile {
     id: u64,
+    /// Where each record's checksum starts: records of the file's earlier life fail it.
+    checksum_seed: u32,
     file: File,
     /// Where the next record goes.
     offset: u64,
@@ -209,12 +230,13 @@ impl JournalFile {
     /// Creates, zero-fills and syncs a new journal file and its directory entry. With a pace,
     /// the zeros go to disk a chunk at a time at that many bytes per second: the background
     /// preallocator shares the disk with the journal's own fdatasyncs, and one burst of a
-    /// whole file's zeros would hold each of them up for hundreds of milliseconds.
+    /// whole file's zeros would hold each of them up for hundreds of milliseconds. Once
+    /// `urgent` is set the writer is waiting (or soon will be), and the rest goes unpaced.
     fn create(
         dir: &Path,
         id: u64,
         size_bytes: u64,
-        pace_bytes_per_sec: Option<u64>,
+        pace: Option<(u64, &AtomicBool)>,
     ) -> Result<Self> {
         let path = dir.join(journal_file_name(id));
         let context = |what: &str| format!("{what} journal file {}", path.display());
@@ -224,7 +246,7 @@ impl JournalFile {
             .create_new(true)
             .open(&path)
             .map_err(|source| BookieError::io(context("creating"), source))?;
-        let chunk_bytes = if pace_bytes_per_sec.is_some() {
+        let chunk_bytes = if pace.is_some() {
             PACED_CHUNK_BYTES
         } else {
             1024 * 1024
@@ -236,28 +258,109 @@ impl JournalFile {
             let chunk = (size_bytes - written).min(zeros.len() as u64) as usize;
             file.write_all_at(&zeros[..chunk], written)
                 .map_err(|source| BookieError::io(context("preallocating"), source))?;
-            if let Some(pace) = pace_bytes_per_sec {
+            if let Some((bytes_per_sec, urgent)) = pace {
                 // Write this chunk out now, waiting for it, so at most one chunk of zeros is
                 // ever queued ahead of a journal fdatasync.
                 write_out_range(&file, written, chunk as u64);
-                let due = Duration::from_secs_f64((written + chunk as u64) as f64 / pace as f64);
-                if let Some(early) = due.checked_sub(started.elapsed()) {
-                    std::thread::sleep(early);
+                let due =
+                    Duration::from_secs_f64((written + chunk as u64) as f64 / bytes_per_sec as f64);
+                match due.checked_sub(started.elapsed()) {
+                    Some(early) if !urgent.load(Ordering::Relaxed) => std::thread::sleep(early),
+                    _ => {}
                 }
             }
             written += chunk as u64;
         }
-        file.write_all_at(&file_header(), 0)
+        file.write_all_at(&file_header(false), 0)
             .map_err(|source| BookieError::io(context("writing the header of"), source))?;
         file.sync_all()
             .map_err(|source| BookieError::io(context("syncing"), source))?;
         sync_directory(dir)?;
         Ok(Self {
             id,
+            checksum_seed: checksum_seed(id),
             file,
             offset: FILE_HEADER_BYTES,
             capacity: size_bytes,
         })
+    }
+
+    /// Makes a spare (a checkpointed journal file) into journal file `id`: renamed, given a
+    /// recycled header, synced. `None` when there is no spare big enough.
+    fn reuse_spare(dir: &Path, id: u64, size_bytes: u64) -> Result<Option<Self>> {
+        for spare_id in list_files_ending(dir, ".journal-spare")? {
+            let spare = dir.join(spare_file_name(spare_id));
+            let length = std::fs::metadata(&spare)
+                .map(|meta| meta.len())
+                .unwrap_or(0);
+            if length < size_bytes {
+                // Made with a smaller file size setting: of no use now.
+                let _ = std::fs::remove_file(&spare);
+                continue;
+            }
+            let path = dir.join(journal_file_name(id));
+            let context = |what: &str| format!("{what} journal file {}", path.display());
+            std::fs::rename(&spare, &path)
+                .map_err(|source| BookieError::io(context("renaming a spare to"), source))?;
+            let file = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(&path)
+                .map_err(|source| BookieError::io(context("opening"), source))?;
+            file.write_all_at(&file_header(true), 0)
+                .map_err(|source| BookieError::io(context("writing the header of"), source))?;
+            file.sync_data()
+                .map_err(|source| BookieError::io(context("syncing"), source))?;
+            sync_directory(dir)?;
+            return Ok(Some(Self {
+                id,
+                checksum_seed: checksum_seed(id),
+                file,
+                offset: FILE_HEADER_BYTES,
+                capacity: length,
+            }));
+        }
+        Ok(None)
+    }
+}
+
+/// Journal file `id`: a spare reused if there is one, else a new zero-filled file (paced when
+/// `urgent` is given, see [`JournalFile::create`]).
+fn next_journal_file(
+    settings: &JournalSettings,
+    id: u64,
+    urgent: Option<&AtomicBool>,
+) -> Result<JournalFile> {
+    if let Some(file) = JournalFile::reuse_spare(&settings.dir, id, settings.file_size_bytes)? {
+        return Ok(file);
+    }
+    JournalFile::create(
+        &settings.dir,
+        id,
+        settings.file_size_bytes,
+        urgent.map(|urgent| (PREALLOCATION_BYTES_PER_SEC, urgent)),
+    )
+}
+
+/// Called once every record of the journal files before `first_kept_id` is in ledger storage:
+/// keeps up to [`MAX_SPARE_FILES`] of them as spares for reuse and deletes the rest.
+pub fn retire_journal_files_before(dir: &Path, first_kept_id: u64) {
+    let Ok(files) = list_journal_files(dir) else {
+        return;
+    };
+    let mut spares = list_files_ending(dir, ".journal-spare").map_or(0, |spares| spares.len());
+    for file_id in files.into_iter().filter(|id| *id < first_kept_id) {
+        let path = dir.join(journal_file_name(file_id));
+        let outcome = if spares < MAX_SPARE_FILES {
+            spares += 1;
+            std::fs::rename(&path, dir.join(spare_file_name(file_id)))
+        } else {
+            std::fs::remove_file(&path)
+        };
+        match outcome {
+            Ok(()) => info!(file = %path.display(), "journal file retired after checkpoint"),
+            Err(error) => warn!(%error, file = %path.display(), "cannot retire journal file"),
+        }
     }
 }
 
@@ -294,14 +397,10 @@ fn preallocate_files(
     settings: JournalSettings,
     mut next_id: u64,
     spares: flume::Sender<JournalFile>,
+    urgent: Arc<AtomicBool>,
 ) {
     loop {
-        match JournalFile::create(
-            &settings.dir,
-            next_id,
-            settings.file_size_bytes,
-            Some(PREALLOCATION_BYTES_PER_SEC),
-        ) {
+        match next_journal_file(&settings, next_id, Some(&urgent)) {
             Ok(file) => {
                 // Blocks until the writer takes the spare; fails once the writer has stopped.
                 if spares.send(file).is_err() {
@@ -324,6 +423,9 @@ struct JournalWriter {
     settings: JournalSettings,
     current: JournalFile,
     spares: flume::Receiver<JournalFile>,
+    /// Set when the writer is past half its file and no spare is ready: the preallocator
+    /// stops pacing.
+    urgent: Arc<AtomicBool>,
     fenced_ledgers: HashSet<u64>,
     sink: Arc<dyn JournalSink>,
     stats: Arc<JournalStats>,
@@ -373,6 +475,13 @@ impl JournalWriter {
 
     fn commit(&mut self, group: Vec<JournalCommand>) {
         self.buffer.clear();
+        // Which file the group goes to is settled first: each record's checksum names it.
+        let most_bytes: u64 = group
+            .iter()
+            .map(|command| command.queued_bytes() as u64)
+            .sum();
+        let room = self.make_room(most_bytes);
+        let seed = self.current.checksum_seed;
         let mut durable_entries = Vec::new();
         let mut pending_adds: Vec<PendingAdd> = Vec::new();
         let mut barriers: Vec<Box<dyn FnOnce() + Send>> = Vec::new();
@@ -392,7 +501,7 @@ impl JournalWriter {
                                 format!("ledger {} is fenced", entry.ledger_id),
                             )
                         } else {
-                            encode_entry(&entry, &mut self.buffer);
+                            encode_entry(&entry, seed, &mut self.buffer);
                             (ErrorCode::Ok, String::new())
                         };
                         results.push(AddResult {
@@ -422,10 +531,10 @@ impl JournalWriter {
             }
         }
 
-        let outcome = if self.buffer.is_empty() {
-            Ok(())
-        } else {
-            self.write_and_sync()
+        let outcome = match room {
+            Err(error) => Err(error),
+            Ok(()) if self.buffer.is_empty() => Ok(()),
+            Ok(()) => self.write_and_sync(),
         };
         match outcome {
             Ok(()) => {
@@ -466,12 +575,18 @@ impl JournalWriter {
         }
     }
 
-    fn write_and_sync(&mut self) -> Result<()> {
-        let needed = self.buffer.len() as u64;
+    /// Moves to the next file when the current one cannot be trusted, or has records and no
+    /// room for `bytes` more.
+    fn make_room(&mut self, bytes: u64) -> Result<()> {
         let has_records = self.current.offset > FILE_HEADER_BYTES;
-        if self.broken || (has_records && self.current.offset + needed > self.current.capacity) {
+        if self.broken || (has_records && self.current.offset + bytes > self.current.capacity) {
             self.roll()?;
         }
+        Ok(())
+    }
+
+    fn write_and_sync(&mut self) -> Result<()> {
+        let needed = self.buffer.len() as u64;
         let file = &self.current.file;
         file.write_all_at(&self.buffer, self.current.offset)
             .map_err(|source| BookieError::io("writing the journal", source))?;
@@ -479,6 +594,9 @@ impl JournalWriter {
             .map_err(|source| BookieError::io("fdatasync of the journal", source))?;
         self.stats.fsyncs.fetch_add(1, Ordering::Relaxed);
         self.current.offset += needed;
+        if self.current.offset > self.current.capacity / 2 && self.spares.is_empty() {
+            self.urgent.store(true, Ordering::Relaxed);
+        }
         Ok(())
     }
 
@@ -487,6 +605,7 @@ impl JournalWriter {
         let next = match self.spares.try_recv() {
             Ok(file) => file,
             Err(_) => {
+                self.urgent.store(true, Ordering::Relaxed);
                 warn!("no preallocated journal file ready; waiting for one");
                 self.spares
                     .recv_timeout(Duration::from_secs(5))
@@ -507,6 +626,7 @@ impl JournalWriter {
         );
         self.current = next;
         self.broken = false;
+        self.urgent.store(false, Ordering::Relaxed);
         Ok(())
     }
 }

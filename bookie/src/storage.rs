@@ -24,7 +24,10 @@ use crate::disk::{ReadOnlyCause, ReadOnlyState};
 use crate::entry_log::{list_entry_logs, EntryLogReader, EntryLogWriter};
 use crate::error::{BookieError, Result};
 use crate::index::{Index, LedgerMeta};
-use crate::journal::{journal_file_name, list_journal_files, JournalPosition, JournalSink};
+use crate::journal::{
+    journal_file_name, list_journal_files, retire_journal_files_before, JournalPosition,
+    JournalSink,
+};
 use crate::journal_record::{check_file_header, scan_record, Scanned, FILE_HEADER_BYTES};
 use crate::write_cache::WriteCache;
 
@@ -167,12 +170,15 @@ impl LedgerStorage {
                 BookieError::io(format!("reading {}", path.display()), source)
             })?);
             report.files += 1;
-            if let Err(reason) = check_file_header(&bytes) {
-                let line = format!("{}: {reason}; the whole file was skipped", path.display());
-                warn!("{line}");
-                report.dropped_tails.push(line);
-                continue;
-            }
+            let header = match check_file_header(&bytes, file_id) {
+                Ok(header) => header,
+                Err(reason) => {
+                    let line = format!("{}: {reason}; the whole file was skipped", path.display());
+                    warn!("{line}");
+                    report.dropped_tails.push(line);
+                    continue;
+                }
+            };
             let mut offset = if file_id == checkpoint.file_id {
                 (checkpoint.offset.max(FILE_HEADER_BYTES)) as usize
             } else {
@@ -180,12 +186,18 @@ impl LedgerStorage {
             };
             let mut replayed = Vec::new();
             loop {
-                match scan_record(&bytes, offset) {
+                match scan_record(&bytes, offset, header.checksum_seed) {
                     Scanned::Entry { entry, next_offset } => {
                         replayed.push(entry);
                         offset = next_offset;
                     }
                     Scanned::End => break,
+                    Scanned::Torn { reason } if header.recycled => {
+                        // Most likely the first record of the file's earlier life.
+                        info!(file = %path.display(), offset, %reason,
+                            "end of this recycled journal file's records");
+                        break;
+                    }
                     Scanned::Torn { reason } => {
                         let line = format!(
                             "{}: dropped the tail from offset {offset} ({} bytes): {reason}",
@@ -508,17 +520,7 @@ impl LedgerStorage {
     }
 
     fn remove_journal_files_before(&self, checkpoint: JournalPosition) {
-        let dir = self.config.journal_dir();
-        let Ok(files) = list_journal_files(&dir) else {
-            return;
-        };
-        for file_id in files.into_iter().filter(|id| *id < checkpoint.file_id) {
-            let path = dir.join(journal_file_name(file_id));
-            match std::fs::remove_file(&path) {
-                Ok(()) => info!(file = %path.display(), "journal file removed after checkpoint"),
-                Err(error) => warn!(%error, file = %path.display(), "cannot remove journal file"),
-            }
-        }
+        retire_journal_files_before(&self.config.journal_dir(), checkpoint.file_id);
     }
 
     /// Turns the bookie read-only after a failed write, for as long as the cause lasts.

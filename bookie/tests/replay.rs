@@ -6,7 +6,9 @@ mod common;
 use bytes::Bytes;
 use magnetar_bookie::index::{Index, LedgerMeta};
 use magnetar_bookie::journal::journal_file_name;
-use magnetar_bookie::journal_record::{encode_entry, encoded_entry_len, file_header};
+use magnetar_bookie::journal_record::{
+    checksum_seed, encode_entry, encoded_entry_len, file_header,
+};
 use magnetar_bookie::storage::LedgerStorage;
 
 use common::{entry, small_config};
@@ -18,9 +20,9 @@ fn write_journal(
     entries: &[magnetar_proto::bookie::Entry],
     damage: impl FnOnce(&mut Vec<u8>),
 ) {
-    let mut bytes = file_header().to_vec();
+    let mut bytes = file_header(false).to_vec();
     for item in entries {
-        encode_entry(item, &mut bytes);
+        encode_entry(item, checksum_seed(id), &mut bytes);
     }
     damage(&mut bytes);
     bytes.resize(bytes.len() + 4096, 0);
@@ -65,7 +67,7 @@ fn flipped_byte_stops_replay_at_the_damaged_record() {
     let config = prepare(dir.path(), 6);
     let entries: Vec<_> = (0..20).map(|id| entry(6, id, 100)).collect();
     let damaged_offset =
-        file_header().len() + entries[..12].iter().map(encoded_entry_len).sum::<usize>() + 30;
+        file_header(false).len() + entries[..12].iter().map(encoded_entry_len).sum::<usize>() + 30;
     write_journal(&config.journal_dir(), 1, &entries, |bytes| {
         bytes[damaged_offset] ^= 0x08
     });

@@ -184,6 +184,35 @@ async fn appends_roll_over_and_read_back_in_order_after_reopen() {
     assert!(next > positions[99]);
 }
 
+/// A reader far behind the writer, with nothing cached: a reader opened on a ledger while it
+/// was current must still read it after it is closed, and the last entries of the current
+/// ledger must be readable though no later entry carried their LAC to the bookies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_reader_behind_an_uncached_log_reads_to_the_last_entry() {
+    let cluster = Cluster::start(3).await;
+    let no_cache = ManagedLedgerConfig {
+        cache_capacity_bytes: 0,
+        ..config(40)
+    };
+    let log = ManagedLedger::open(cluster.client(), "public/default/behind", no_cache)
+        .await
+        .expect("open");
+    for index in 0..30 {
+        log.append(payload(index, 100)).await.expect("append");
+    }
+    // Opens a reader on the first ledger while it is being written.
+    let early = log.read(Position::new(0, 0), 10).await.expect("read");
+    assert_eq!(early.len(), 10);
+    for index in 30..100 {
+        log.append(payload(index, 100)).await.expect("append");
+    }
+    let read = read_all(&log).await;
+    assert_eq!(read.len(), 100, "every entry is read, to the last");
+    for (index, (_, bytes)) in read.iter().enumerate() {
+        assert_eq!(*bytes, payload(index, 100));
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn cursors_resume_exactly_with_individual_acks_after_reopen() {
     let cluster = Cluster::start(3).await;

@@ -247,6 +247,8 @@ struct PartitionHandle {
     commands: mpsc::Sender<Command>,
     taken: Arc<AtomicU32>,
     wake: Arc<Notify>,
+    /// Taken messages that make it worth granting permits again.
+    permit_batch: u32,
 }
 
 /// A consumer of one subscription (on every partition of a partitioned topic).
@@ -307,6 +309,7 @@ impl Consumer {
                 commands,
                 taken,
                 wake,
+                permit_batch: permit_batch(&settings),
             });
         }
         Ok(Consumer {
@@ -358,8 +361,10 @@ impl Consumer {
     fn accept(&self, generation: u32, message: ReceivedMessage) -> Option<ReceivedMessage> {
         let slot = self.slot_of(&message.id);
         let handle = &self.partitions[slot];
-        handle.taken.fetch_add(1, Ordering::Relaxed);
-        handle.wake.notify_one();
+        // The task is woken only when a grant is due, not for every message.
+        if handle.taken.fetch_add(1, Ordering::Relaxed) + 1 >= handle.permit_batch {
+            handle.wake.notify_one();
+        }
         if generation != self.generations[slot].load(Ordering::Acquire) {
             return None;
         }
@@ -460,6 +465,16 @@ fn skip_filter(id: Option<MessageId>, inclusive: bool) -> Option<(MessageId, boo
     id.filter(|id| id.ledger_id != 0 && id.ledger_id != u64::MAX)
         .map(|id| (id, inclusive))
 }
+
+/// Permits are granted again once half the receiver queue has been taken.
+fn permit_batch(settings: &Settings) -> u32 {
+    (settings.receiver_queue / 2).max(1)
+}
+
+/// The most message ids one acknowledgement request carries.
+const MAX_ACKS_PER_REQUEST: usize = 4096;
+/// The most commands the task handles before it looks at the broker's responses again.
+const COMMANDS_PER_WAKE: usize = 64;
 
 fn consume_request(kind: consume_request::Kind) -> ConsumeRequest {
     ConsumeRequest { kind: Some(kind) }
@@ -590,7 +605,7 @@ impl PartitionTask {
                     Ok(_) | Err(_) => true,
                 },
                 command = inbox.recv() => match command {
-                    Some(command) => !self.command(command, &connection).await,
+                    Some(command) => !self.commands(command, &mut inbox, &connection).await,
                     None => return,
                 },
                 _ = wake.notified() => !self.grant_permits(&connection).await,
@@ -620,7 +635,7 @@ impl PartitionTask {
     async fn grant_permits(&mut self, connection: &Connection) -> bool {
         let taken = self.taken.swap(0, Ordering::Relaxed);
         self.granted_since += taken;
-        if self.granted_since >= (self.settings.receiver_queue / 2).max(1) {
+        if self.granted_since >= permit_batch(&self.settings) {
             let permits = std::mem::take(&mut self.granted_since);
             return connection
                 .requests
@@ -686,7 +701,8 @@ impl PartitionTask {
                         return true;
                     }
                 }
-                true
+                // Messages skipped above took permits the application never sees.
+                self.grant_permits(connection).await
             }
             consume_response::Kind::Active(active) => {
                 debug!(topic = %self.topic, active, "failover state changed");
@@ -749,6 +765,55 @@ impl PartitionTask {
             .properties
             .insert("ORIGIN_MESSAGE_ID".into(), message.id.to_string());
         producer.send(outgoing).await.map(|_| ())
+    }
+
+    /// Handles `first` and whatever else is queued now. Acknowledgements queued one after
+    /// another go out as one request: at high rates a request per message would cost the
+    /// client and the broker more than the messages themselves.
+    async fn commands(
+        &mut self,
+        first: Command,
+        inbox: &mut mpsc::Receiver<Command>,
+        connection: &Connection,
+    ) -> bool {
+        let mut next = Some(first);
+        let mut handled = 0;
+        while let Some(command) = next.take() {
+            handled += 1;
+            let command = match command {
+                Command::Ack(mut ids, cumulative) => {
+                    while ids.len() < MAX_ACKS_PER_REQUEST {
+                        match inbox.try_recv() {
+                            Ok(Command::Ack(more, more_cumulative))
+                                if more_cumulative == cumulative =>
+                            {
+                                if cumulative {
+                                    // Only the latest cumulative acknowledgement matters.
+                                    ids = more;
+                                } else {
+                                    ids.extend(more);
+                                }
+                            }
+                            Ok(other) => {
+                                next = Some(other);
+                                break;
+                            }
+                            Err(_) => break,
+                        }
+                    }
+                    Command::Ack(ids, cumulative)
+                }
+                other => other,
+            };
+            if !self.command(command, connection).await {
+                return false;
+            }
+            // Bounded, so a busy application does not keep responses waiting.
+            if next.is_none() && handled < COMMANDS_PER_WAKE {
+                next = inbox.try_recv().ok();
+            }
+        }
+        true
     }
 
     async fn command(&mut self, command: Command, connection: &Connection) -> bool {

@@ -378,28 +378,20 @@ impl PartitionTask {
     async fn run(mut self, mut connection: Connection, mut inbox: mpsc::Receiver<Command>) {
         let mut inbox_open = true;
         loop {
-            let room =
-                self.in_flight_messages + self.building.len() < self.settings.max_pending_messages;
+            let room = self.has_room();
             let deadline = self.batch_deadline;
             let mut broken = false;
             tokio::select! {
                 command = inbox.recv(), if inbox_open && room => match command {
-                    Some(Command::Send(message, waiter)) => {
-                        if self.building_bytes + message.encoded_len_estimate() > self.max_message_size_bytes {
-                            // With this message the batch would be refused whole.
-                            broken |= !self.send_batch(&connection).await;
-                        }
-                        self.add(message, waiter);
-                        if self.batch_full() {
-                            broken |= !self.send_batch(&connection).await;
-                        }
-                    }
-                    Some(Command::Flush(reply)) => {
-                        broken |= !self.send_batch(&connection).await;
-                        if self.in_flight.is_empty() {
-                            let _ = reply.send(());
-                        } else {
-                            self.flush_waiters.push(reply);
+                    Some(command) => {
+                        broken |= !self.command(command, &connection).await;
+                        // Take whatever else is queued now, in one wake-up: at high rates
+                        // this is most of a batch, and the select above runs once for it.
+                        while !broken && self.has_room() {
+                            match inbox.try_recv() {
+                                Ok(command) => broken |= !self.command(command, &connection).await,
+                                Err(_) => break,
+                            }
                         }
                     }
                     None => {
@@ -431,6 +423,39 @@ impl PartitionTask {
                         }
                     }
                 }
+            }
+        }
+    }
+
+    fn has_room(&self) -> bool {
+        self.in_flight_messages + self.building.len() < self.settings.max_pending_messages
+    }
+
+    /// Handles one command from the producer's handle; returns false when the stream broke.
+    async fn command(&mut self, command: Command, connection: &Connection) -> bool {
+        match command {
+            Command::Send(message, waiter) => {
+                let mut ok = true;
+                if self.building_bytes + message.encoded_len_estimate()
+                    > self.max_message_size_bytes
+                {
+                    // With this message the batch would be refused whole.
+                    ok &= self.send_batch(connection).await;
+                }
+                self.add(message, waiter);
+                if self.batch_full() {
+                    ok &= self.send_batch(connection).await;
+                }
+                ok
+            }
+            Command::Flush(reply) => {
+                let ok = self.send_batch(connection).await;
+                if self.in_flight.is_empty() {
+                    let _ = reply.send(());
+                } else {
+                    self.flush_waiters.push(reply);
+                }
+                ok
             }
         }
     }

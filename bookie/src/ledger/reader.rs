@@ -67,6 +67,13 @@ impl LedgerReader {
         self.last_add_confirmed.load(Ordering::Acquire)
     }
 
+    /// Entries through `entry_id` are confirmed, as the ledger's own writer (or its closed
+    /// metadata) knows: reads up to there need no LAC from the bookies. They may never hear
+    /// it otherwise, since the LAC travels on later entries and the last ones have none.
+    pub fn confirmed_through(&self, entry_id: i64) {
+        self.raise_lac(entry_id);
+    }
+
     fn raise_lac(&self, lac: i64) -> i64 {
         self.last_add_confirmed
             .fetch_max(lac, Ordering::AcqRel)

@@ -391,18 +391,23 @@ impl ManagedLedger {
                 .collect());
         }
         let reader = self.reader(start.ledger_id).await?;
-        let first = start.entry_id as u64;
-        let mut last = end as u64;
-        if current && reader.last_add_confirmed() < end {
-            // The bookies learn the LAC from later entries; take what they confirm now.
-            reader.refresh_last_add_confirmed().await?;
-            let readable = reader.last_add_confirmed();
-            if readable < start.entry_id {
-                return Ok(Vec::new());
-            }
-            last = last.min(readable as u64);
+        // This managed ledger wrote the current ledger and closed the earlier ones, so it
+        // knows `end` is confirmed. Asking the bookies would not do: a reader opened while a
+        // ledger was current keeps its old LAC after the close, and the bookies learn a LAC
+        // only from later entries, which the last ones never have.
+        if !current && !reader.is_closed() {
+            // Opened while the ledger was current: its ensembles may have changed since.
+            reader.refresh_metadata().await?;
         }
-        let entries = reader.read(first, last).await?;
+        reader.confirmed_through(end);
+        let entries = match reader.read(start.entry_id as u64, end as u64).await {
+            Ok(entries) => entries,
+            Err(error) => {
+                // The next attempt opens the ledger afresh, with its latest metadata.
+                self.inner.readers.lock().remove(&start.ledger_id);
+                return Err(error.into());
+            }
+        };
         Ok(entries
             .into_iter()
             .map(|entry| LogEntry {
