@@ -238,7 +238,8 @@ impl Reader {
 type Stamped = (u32, ReceivedMessage);
 
 enum Command {
-    Ack(Vec<MessageId>, bool),
+    /// One message (with `true`: and every earlier one).
+    Ack(MessageId, bool),
     Nack(MessageId),
     Seek(seek::Target, oneshot::Sender<Result<()>>),
 }
@@ -283,6 +284,7 @@ impl Consumer {
             let (commands, inbox) = mpsc::channel(1024);
             let mut task = PartitionTask {
                 client: client.clone(),
+                topic_name: Arc::from(partition_topic.as_str()),
                 topic: partition_topic,
                 parent_topic: topic.clone(),
                 partition,
@@ -384,7 +386,7 @@ impl Consumer {
     }
 
     pub async fn ack_id(&self, id: MessageId) -> Result<()> {
-        self.command(self.slot_of(&id), Command::Ack(vec![id], false))
+        self.command(self.slot_of(&id), Command::Ack(id, false))
             .await
     }
 
@@ -399,11 +401,8 @@ impl Consumer {
                 message: "cumulative acknowledgement is not allowed on Shared or Key_Shared subscriptions; acknowledge each message".into(),
             });
         }
-        self.command(
-            self.slot_of(&message.id),
-            Command::Ack(vec![message.id], true),
-        )
-        .await
+        self.command(self.slot_of(&message.id), Command::Ack(message.id, true))
+            .await
     }
 
     /// The message is delivered again after the negative-ack delay.
@@ -441,6 +440,8 @@ struct Connection {
 struct PartitionTask {
     client: Client,
     topic: String,
+    /// The topic as each received message carries it (shared, not copied per message).
+    topic_name: Arc<str>,
     parent_topic: String,
     partition: i32,
     slot: usize,
@@ -652,9 +653,14 @@ impl PartitionTask {
         match kind {
             consume_response::Kind::Deliveries(deliveries) => {
                 let generation = self.generations[self.slot].load(Ordering::Acquire);
+                let mut producer_name: Arc<str> = Arc::from("");
                 for delivery in deliveries.deliveries {
-                    let message =
-                        ReceivedMessage::from_delivery(delivery, &self.topic, self.partition);
+                    let message = ReceivedMessage::from_delivery(
+                        delivery,
+                        &self.topic_name,
+                        self.partition,
+                        &mut producer_name,
+                    );
                     if let Some((from, inclusive)) = self.skip_before {
                         // The broker sends whole entries: a start or seek inside a batch skips
                         // the batch's earlier messages (acknowledging them for a subscription,
@@ -780,8 +786,9 @@ impl PartitionTask {
         let mut handled = 0;
         while let Some(command) = next.take() {
             handled += 1;
-            let command = match command {
-                Command::Ack(mut ids, cumulative) => {
+            let ok = match command {
+                Command::Ack(id, cumulative) => {
+                    let mut ids = vec![id];
                     while ids.len() < MAX_ACKS_PER_REQUEST {
                         match inbox.try_recv() {
                             Ok(Command::Ack(more, more_cumulative))
@@ -789,9 +796,9 @@ impl PartitionTask {
                             {
                                 if cumulative {
                                     // Only the latest cumulative acknowledgement matters.
-                                    ids = more;
+                                    ids[0] = more;
                                 } else {
-                                    ids.extend(more);
+                                    ids.push(more);
                                 }
                             }
                             Ok(other) => {
@@ -801,11 +808,11 @@ impl PartitionTask {
                             Err(_) => break,
                         }
                     }
-                    Command::Ack(ids, cumulative)
+                    self.acknowledge(ids, cumulative, connection).await
                 }
-                other => other,
+                other => self.command(other, connection).await,
             };
-            if !self.command(command, connection).await {
+            if !ok {
                 return false;
             }
             // Bounded, so a busy application does not keep responses waiting.
@@ -816,21 +823,38 @@ impl PartitionTask {
         true
     }
 
+    /// Sends one acknowledgement request for `ids` (cumulative: through the one id).
+    async fn acknowledge(
+        &mut self,
+        ids: Vec<MessageId>,
+        cumulative: bool,
+        connection: &Connection,
+    ) -> bool {
+        if !self.unacked.is_empty() {
+            for id in &ids {
+                self.unacked.remove(id);
+            }
+            if cumulative {
+                if let Some(through) = ids.first() {
+                    self.unacked.retain(|id, _| id > through);
+                }
+            }
+        }
+        let request = consume_request::Kind::Ack(Ack {
+            message_ids: ids.into_iter().map(MessageId::to_wire).collect(),
+            cumulative,
+        });
+        connection
+            .requests
+            .send(consume_request(request))
+            .await
+            .is_ok()
+    }
+
     async fn command(&mut self, command: Command, connection: &Connection) -> bool {
         let request = match command {
-            Command::Ack(ids, cumulative) => {
-                for id in &ids {
-                    self.unacked.remove(id);
-                }
-                if cumulative {
-                    if let Some(through) = ids.first() {
-                        self.unacked.retain(|id, _| id > through);
-                    }
-                }
-                consume_request::Kind::Ack(Ack {
-                    message_ids: ids.into_iter().map(MessageId::to_wire).collect(),
-                    cumulative,
-                })
+            Command::Ack(id, cumulative) => {
+                return self.acknowledge(vec![id], cumulative, connection).await;
             }
             Command::Nack(id) => {
                 self.unacked.remove(&id);

@@ -2,6 +2,7 @@
 
 use std::collections::HashMap;
 use std::fmt;
+use std::sync::Arc;
 
 use bytes::Bytes;
 use magnetar_proto::broker;
@@ -125,30 +126,40 @@ impl<T: Into<Bytes>> From<T> for OutgoingMessage {
 pub struct ReceivedMessage {
     pub id: MessageId,
     /// The topic (the partition's name for a partitioned topic).
-    pub topic: String,
+    pub topic: Arc<str>,
     pub payload: Bytes,
     pub key: Option<String>,
     pub properties: HashMap<String, String>,
     pub event_time_ms: u64,
     pub publish_time_ms: u64,
-    pub producer_name: String,
+    pub producer_name: Arc<str>,
     pub sequence_id: u64,
     /// How many times this message was delivered to the subscription before.
     pub redelivery_count: u32,
 }
 
 impl ReceivedMessage {
-    pub(crate) fn from_delivery(delivery: broker::Delivery, topic: &str, partition: i32) -> Self {
+    /// `producer_name` is the name of the previous delivery of the same response, which a
+    /// delivery with an empty name shares (the broker sends each name once per response).
+    pub(crate) fn from_delivery(
+        delivery: broker::Delivery,
+        topic: &Arc<str>,
+        partition: i32,
+        producer_name: &mut Arc<str>,
+    ) -> Self {
+        if !delivery.producer_name.is_empty() && *delivery.producer_name != **producer_name {
+            *producer_name = Arc::from(delivery.producer_name);
+        }
         let message = delivery.message.unwrap_or_default();
         Self {
             id: MessageId::from_wire(&delivery.message_id.unwrap_or_default(), partition),
-            topic: topic.to_string(),
+            topic: topic.clone(),
             payload: message.payload,
             key: message.key,
             properties: message.properties,
             event_time_ms: message.event_time_ms,
             publish_time_ms: delivery.publish_time_ms,
-            producer_name: delivery.producer_name,
+            producer_name: producer_name.clone(),
             sequence_id: delivery.sequence_id,
             redelivery_count: delivery.redelivery_count,
         }
@@ -157,5 +168,29 @@ impl ReceivedMessage {
     /// The payload as UTF-8 text, lossily.
     pub fn text(&self) -> String {
         String::from_utf8_lossy(&self.payload).into_owned()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_delivery_without_a_producer_name_has_the_previous_ones() {
+        let topic: Arc<str> = Arc::from("persistent://public/default/t");
+        let mut previous: Arc<str> = Arc::from("");
+        let names: Vec<String> = ["alpha", "", "", "beta", ""]
+            .into_iter()
+            .map(|name| {
+                let delivery = broker::Delivery {
+                    producer_name: name.to_string(),
+                    ..broker::Delivery::default()
+                };
+                let message = ReceivedMessage::from_delivery(delivery, &topic, -1, &mut previous);
+                assert_eq!(message.topic, topic);
+                message.producer_name.to_string()
+            })
+            .collect();
+        assert_eq!(names, ["alpha", "alpha", "alpha", "beta", "beta"]);
     }
 }

@@ -225,6 +225,9 @@ impl Producer {
     }
 }
 
+/// The most messages a batch reserves room for when it starts.
+const MAX_PREALLOCATED_BATCH: usize = 4096;
+
 struct InFlight {
     first_sequence_id: u64,
     messages: Vec<Message>,
@@ -474,6 +477,11 @@ impl PartitionTask {
         }
         if self.building.is_empty() {
             self.batch_deadline = Some(Instant::now() + self.settings.batch_delay);
+            // Room for a whole batch at once: growing message by message costs a copy each time
+            // the batch doubles.
+            let capacity = self.settings.batch_max_messages.min(MAX_PREALLOCATED_BATCH);
+            self.building.reserve(capacity);
+            self.building_waiters.reserve(capacity);
         }
         self.building_bytes += message.encoded_len_estimate();
         self.building.push(message.into_wire());

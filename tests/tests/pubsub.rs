@@ -222,13 +222,13 @@ async fn every_subscription_type_delivers_as_promised() -> TestResult {
 fn fake_message(id: MessageId) -> magnetar_client::ReceivedMessage {
     magnetar_client::ReceivedMessage {
         id,
-        topic: String::new(),
+        topic: "".into(),
         payload: Default::default(),
         key: None,
         properties: Default::default(),
         event_time_ms: 0,
         publish_time_ms: 0,
-        producer_name: String::new(),
+        producer_name: "".into(),
         sequence_id: 0,
         redelivery_count: 0,
     }

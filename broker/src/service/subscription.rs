@@ -387,7 +387,10 @@ impl SubscriptionTask {
         if assigned.is_empty() {
             return;
         }
-        let mut by_consumer: HashMap<u64, Vec<Delivery>> = HashMap::new();
+        // Per consumer: its deliveries, and the batch of the last one. A delivery from the
+        // same producer as the one before it leaves the name empty (see broker.proto).
+        let mut by_consumer: HashMap<u64, (Vec<Delivery>, Option<Arc<StoredBatch>>)> =
+            HashMap::new();
         for Assigned {
             consumer,
             message,
@@ -396,7 +399,11 @@ impl SubscriptionTask {
         } in assigned
         {
             let index = message.index as usize;
-            by_consumer.entry(consumer).or_default().push(Delivery {
+            let (deliveries, previous) = by_consumer.entry(consumer).or_default();
+            let same_producer = previous.as_ref().is_some_and(|previous| {
+                Arc::ptr_eq(previous, &batch) || previous.producer_name == batch.producer_name
+            });
+            deliveries.push(Delivery {
                 message_id: Some(MessageId {
                     ledger_id: message.position.ledger_id,
                     entry_id: message.position.entry_id,
@@ -406,11 +413,16 @@ impl SubscriptionTask {
                 message: Some(batch.messages[index].clone()),
                 publish_time_ms: batch.publish_time_ms,
                 redelivery_count,
-                producer_name: batch.producer_name.clone(),
+                producer_name: if same_producer {
+                    String::new()
+                } else {
+                    batch.producer_name.clone()
+                },
                 sequence_id: batch.first_sequence_id + index as u64,
             });
+            *previous = Some(batch);
         }
-        for (consumer, deliveries) in by_consumer {
+        for (consumer, (deliveries, _)) in by_consumer {
             let Some(entry) = self.consumers.get(&consumer) else {
                 continue;
             };
