@@ -749,5 +749,20 @@ impl Drop for MetaServer {
         let _ = self.shutdown.send(true);
         self.node.stop();
         self.server.abort();
+        // Give the Raft thread a bounded moment to let go of RocksDB: a process that exits
+        // while the thread still writes aborts in RocksDB's static destructors ("pthread lock:
+        // Invalid argument"). `shutdown` is the way to wait for it fully.
+        if let Some(thread) = self.thread.take() {
+            let deadline = std::time::Instant::now() + DROP_JOIN_TIMEOUT;
+            while !thread.is_finished() && std::time::Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            if thread.is_finished() {
+                let _ = thread.join();
+            }
+        }
     }
 }
+
+/// How long dropping a server waits for its Raft thread to stop.
+const DROP_JOIN_TIMEOUT: Duration = Duration::from_secs(2);
