@@ -85,13 +85,19 @@ impl RunningBookie {
         let flusher_storage = storage.clone();
         background.push(spawn(
             "flusher",
-            Box::new(move || flusher_storage.run_flusher()),
+            Box::new(move || {
+                crate::thread_priority::lower_current_thread();
+                flusher_storage.run_flusher()
+            }),
         )?);
         let (compactor_wakeup, compactor_receiver) = std::sync::mpsc::channel();
         let compactor_storage = storage.clone();
         background.push(spawn(
             "compactor",
-            Box::new(move || compactor_storage.run_compactor(compactor_receiver)),
+            Box::new(move || {
+                crate::thread_priority::lower_current_thread();
+                compactor_storage.run_compactor(compactor_receiver)
+            }),
         )?);
         let (disk_wakeup, disk_receiver) = std::sync::mpsc::channel::<()>();
         let disk_storage = storage.clone();

@@ -113,7 +113,10 @@ impl Journal {
             let urgent = urgent.clone();
             std::thread::Builder::new()
                 .name("journal-prealloc".into())
-                .spawn(move || preallocate_files(settings, first_file_id + 1, spare_sender, urgent))
+                .spawn(move || {
+                    crate::thread_priority::lower_current_thread();
+                    preallocate_files(settings, first_file_id + 1, spare_sender, urgent)
+                })
                 .map_err(|source| BookieError::io("starting the journal preallocator", source))?
         };
         let (queue, receiver) = flume::bounded(queue_bound);

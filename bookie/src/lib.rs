@@ -16,13 +16,14 @@
 //! - [`error`]: [`BookieError`] and its stable wire codes.
 //! - [`entry`]: the entry checksum shared by writers, bookies and readers.
 //! - [`journal_record`]: journal file format (encode, decode, torn-tail detection); no I/O.
-//! - [`journal`]: the group-commit writer thread and its preallocated files.
+//! - [`journal`]: the group-commit writer thread and its preallocated (or recycled) files.
 //! - [`write_cache`]: entries durable in the journal, not yet in an entry log.
 //! - [`entry_log`]: append-only entry log files and their reader.
 //! - [`index`]: RocksDB: entry locations, ledger metadata, log usage, checkpoint.
 //! - [`storage`]: ledger storage tying the above together; flusher and journal replay.
 //! - [`compaction`]: garbage collection of entry logs.
 //! - [`disk`]: free space and the read-only state.
+//! - `thread_priority`: background threads run below the threads that answer adds.
 //! - [`server`]: the gRPC service.
 //! - [`bookie`]: [`RunningBookie`], start and orderly shutdown.
 //! - [`client`]: [`BookieClient`] for one bookie.
@@ -44,6 +45,7 @@ pub mod journal_record;
 pub mod ledger;
 pub mod server;
 pub mod storage;
+mod thread_priority;
 pub mod write_cache;
 
 pub use bookie::RunningBookie;
