@@ -303,17 +303,20 @@ impl JournalFile {
             }
             let path = dir.join(journal_file_name(id));
             let context = |what: &str| format!("{what} journal file {}", path.display());
-            std::fs::rename(&spare, &path)
-                .map_err(|source| BookieError::io(context("renaming a spare to"), source))?;
+            // The new header is durable before the file takes its journal name: a crash in
+            // between leaves a spare (never replayed), not a journal file whose old header
+            // would make its old records look current.
             let file = OpenOptions::new()
                 .read(true)
                 .write(true)
-                .open(&path)
-                .map_err(|source| BookieError::io(context("opening"), source))?;
+                .open(&spare)
+                .map_err(|source| BookieError::io(context("opening the spare for"), source))?;
             file.write_all_at(&file_header(true), 0)
                 .map_err(|source| BookieError::io(context("writing the header of"), source))?;
             file.sync_data()
                 .map_err(|source| BookieError::io(context("syncing"), source))?;
+            std::fs::rename(&spare, &path)
+                .map_err(|source| BookieError::io(context("renaming a spare to"), source))?;
             sync_directory(dir)?;
             return Ok(Some(Self {
                 id,
