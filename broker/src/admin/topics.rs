@@ -454,6 +454,33 @@ struct PartitionedStats {
 }
 
 /// Gathers `tail` (stats or internal stats) of every partition.
+/// What a per-topic view reads: the log this broker owns, or, for a partitioned topic, the
+/// view already gathered from every partition.
+enum OneLog {
+    Owned(Arc<Topic>),
+    Partitioned(Response),
+}
+
+/// Resolves a view request: a partitioned topic is answered with `tail` fetched from each
+/// partition; any other topic is served (or redirected) by its owner.
+async fn log_or_partitions(
+    context: &Context,
+    tenant: &str,
+    namespace: &str,
+    local: &str,
+    uri: &Uri,
+    tail: &str,
+) -> ApiResult<OneLog> {
+    let name = topic_name(tenant, namespace, local)?;
+    let partitions = context.service.partitions(&name).await?;
+    if partitions > 0 {
+        return Ok(OneLog::Partitioned(
+            partitioned_view(context, &name, partitions, tail).await?,
+        ));
+    }
+    Ok(OneLog::Owned(owned_topic(context, &name, uri).await?))
+}
+
 async fn partitioned_view(
     context: &Context,
     topic: &TopicName,
@@ -477,12 +504,11 @@ pub async fn stats(
     Params((tenant, namespace, local)): Params<(String, String, String)>,
     uri: Uri,
 ) -> ApiResult<Response> {
-    let name = topic_name(&tenant, &namespace, &local)?;
-    let partitions = context.service.partitions(&name).await?;
-    if partitions > 0 {
-        return partitioned_view(&context, &name, partitions, "/stats").await;
-    }
-    let topic = owned_topic(&context, &name, &uri).await?;
+    let topic =
+        match log_or_partitions(&context, &tenant, &namespace, &local, &uri, "/stats").await? {
+            OneLog::Owned(topic) => topic,
+            OneLog::Partitioned(view) => return Ok(view),
+        };
     Ok(ok(&stats_view(&context, &topic).await?))
 }
 
@@ -535,12 +561,19 @@ pub async fn internal_stats(
     Params((tenant, namespace, local)): Params<(String, String, String)>,
     uri: Uri,
 ) -> ApiResult<Response> {
-    let name = topic_name(&tenant, &namespace, &local)?;
-    let partitions = context.service.partitions(&name).await?;
-    if partitions > 0 {
-        return partitioned_view(&context, &name, partitions, "/internalStats").await;
-    }
-    let topic = owned_topic(&context, &name, &uri).await?;
+    let topic = match log_or_partitions(
+        &context,
+        &tenant,
+        &namespace,
+        &local,
+        &uri,
+        "/internalStats",
+    )
+    .await?
+    {
+        OneLog::Owned(topic) => topic,
+        OneLog::Partitioned(view) => return Ok(view),
+    };
     let ledger = &topic.ledger;
     let ledgers = ledger.ledgers();
     let mut cursors = BTreeMap::new();
