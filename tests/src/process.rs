@@ -28,13 +28,32 @@ pub fn magnetar_binary() -> PathBuf {
     binary
 }
 
-/// A loopback port that was free a moment ago.
+/// A loopback port that was free a moment ago, for a server a test starts.
+///
+/// Taken below Linux's ephemeral range (32768 and up): a port from that range can be handed,
+/// between this check and the server's bind, to the local end of any outgoing connection (a
+/// gRPC client of another test), and the server then fails with "address in use". Ports go
+/// out in turn from a per-process counter, so tests running side by side never get the same
+/// one; the start depends on the process id, so test binaries run one after another start in
+/// different places.
 pub fn free_port() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("binding an ephemeral loopback port");
-    listener
-        .local_addr()
-        .expect("a bound socket has an address")
-        .port()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const FIRST: u32 = 10_000;
+    const SPAN: u32 = 22_000;
+    static NEXT: AtomicU32 = AtomicU32::new(u32::MAX);
+    let _ = NEXT.compare_exchange(
+        u32::MAX,
+        std::process::id().wrapping_mul(7919) % SPAN,
+        Ordering::AcqRel,
+        Ordering::Acquire,
+    );
+    for _ in 0..SPAN {
+        let port = (FIRST + NEXT.fetch_add(1, Ordering::AcqRel) % SPAN) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free loopback port between {FIRST} and {}", FIRST + SPAN);
 }
 
 /// A child `magnetar` process, SIGKILLed when dropped so a failing test leaves nothing behind.
