@@ -1,10 +1,13 @@
 //! `MetaClient`: the Rust client of the metadata store.
 //!
 //! It talks to any node (followers forward to the leader) and moves to the leader named in
-//! response headers, so most requests take one hop. Reads and requests that certainly did not
-//! leave are retried on other nodes; a write whose connection broke mid-flight is not retried
-//! (it may have been applied) and answers UNAVAILABLE. Watches reconnect by themselves and
-//! resume from the next revision, so a caller sees every change exactly once.
+//! response headers, so most requests take one hop. Gets, puts, deletes and transactions
+//! travel over one `Pipeline` stream per node (`client/pipeline.rs`): a stream message per op
+//! instead of a whole call, and ops queued together leave together. Reads and requests that
+//! certainly did not leave are retried on other nodes; a write whose connection broke
+//! mid-flight is not retried (it may have been applied) and answers UNAVAILABLE. Watches
+//! reconnect by themselves and resume from the next revision, so a caller sees every change
+//! exactly once.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -37,9 +40,21 @@ enum Retry {
     IfDefinite,
 }
 
+mod pipeline;
+
+use pipeline::Pipeline;
+
 struct Node {
     endpoint: String,
+    link: Link,
+}
+
+/// The two ways to one node: plain calls, and the pipeline stream for gets, puts, deletes
+/// and transactions.
+#[derive(Clone)]
+struct Link {
     client: WireClient<Channel>,
+    pipeline: Pipeline,
 }
 
 /// A handle on the metadata store; cheap to clone.
@@ -58,15 +73,19 @@ pub struct ListPage {
     pub revision: u64,
 }
 
-fn connect(endpoint: &str) -> Result<WireClient<Channel>> {
+fn connect(endpoint: &str) -> Result<Link> {
     let channel = Endpoint::from_shared(format!("http://{endpoint}"))
         .map_err(|e| MetaError::InvalidArgument(format!("endpoint {endpoint:?}: {e}")))?
         .connect_timeout(Duration::from_millis(500))
         .tcp_nodelay(true)
         .connect_lazy();
-    Ok(WireClient::new(channel)
+    let client = WireClient::new(channel)
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
-        .max_encoding_message_size(MAX_MESSAGE_BYTES))
+        .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    Ok(Link {
+        pipeline: Pipeline::new(client.clone()),
+        client,
+    })
 }
 
 fn check(header: Option<Header>) -> Result<Header> {
@@ -89,7 +108,7 @@ impl MetaClient {
             .map(|endpoint| {
                 Ok(Node {
                     endpoint: endpoint.clone(),
-                    client: connect(endpoint)?,
+                    link: connect(endpoint)?,
                 })
             })
             .collect::<Result<Vec<_>>>()?;
@@ -113,10 +132,10 @@ impl MetaClient {
         nodes[index].endpoint.clone()
     }
 
-    fn pick(&self) -> (usize, WireClient<Channel>) {
+    fn pick(&self) -> (usize, Link) {
         let nodes = self.nodes.lock();
         let index = self.current.load(Ordering::Relaxed) % nodes.len();
-        (index, nodes[index].client.clone())
+        (index, nodes[index].link.clone())
     }
 
     fn rotate_from(&self, index: usize) {
@@ -141,10 +160,10 @@ impl MetaClient {
         {
             Some(index) => index,
             None => match connect(&header.leader_endpoint) {
-                Ok(client) => {
+                Ok(link) => {
                     nodes.push(Node {
                         endpoint: header.leader_endpoint.clone(),
-                        client,
+                        link,
                     });
                     nodes.len() - 1
                 }
@@ -162,15 +181,15 @@ impl MetaClient {
         call: F,
     ) -> Result<R>
     where
-        F: Fn(WireClient<Channel>) -> Fut,
+        F: Fn(Link) -> Fut,
         Fut: std::future::Future<Output = std::result::Result<tonic::Response<R>, Status>>,
     {
         let deadline = Instant::now() + self.timeout;
         let mut backoff = Duration::from_millis(10);
         loop {
-            let (index, client) = self.pick();
+            let (index, link) = self.pick();
             let remaining = deadline.saturating_duration_since(Instant::now());
-            let attempt = match tokio::time::timeout(remaining, call(client)).await {
+            let attempt = match tokio::time::timeout(remaining, call(link)).await {
                 Ok(attempt) => attempt,
                 Err(_) => {
                     // A hung node: the request may have been applied.
@@ -230,9 +249,9 @@ impl MetaClient {
             .call(
                 Retry::Always,
                 |r: &magnetar_proto::meta::GetResponse| r.header.clone(),
-                |mut c| {
+                |link| {
                     let request = request.clone();
-                    async move { c.get(request).await }
+                    async move { link.pipeline.get(request).await }
                 },
             )
             .await?;
@@ -244,9 +263,9 @@ impl MetaClient {
             .call(
                 Retry::IfDefinite,
                 |r: &magnetar_proto::meta::PutResponse| r.header.clone(),
-                |mut c| {
+                |link| {
                     let request = request.clone();
-                    async move { c.put(request).await }
+                    async move { link.pipeline.put(request).await }
                 },
             )
             .await?;
@@ -307,9 +326,9 @@ impl MetaClient {
             .call(
                 Retry::IfDefinite,
                 |r: &magnetar_proto::meta::DeleteResponse| r.header.clone(),
-                |mut c| {
+                |link| {
                     let request = request.clone();
-                    async move { c.delete(request).await }
+                    async move { link.pipeline.delete(request).await }
                 },
             )
             .await?;
@@ -335,7 +354,7 @@ impl MetaClient {
             .call(
                 Retry::Always,
                 |r: &magnetar_proto::meta::ListResponse| r.header.clone(),
-                |mut c| {
+                |Link { client: mut c, .. }| {
                     let request = request.clone();
                     async move { c.list(request).await }
                 },
@@ -370,9 +389,9 @@ impl MetaClient {
         self.call(
             Retry::IfDefinite,
             |r: &TxnResponse| r.header.clone(),
-            |mut c| {
+            |link| {
                 let request = request.clone();
-                async move { c.txn(request).await }
+                async move { link.pipeline.txn(request).await }
             },
         )
         .await
@@ -417,7 +436,7 @@ impl MetaClient {
             .call(
                 Retry::IfDefinite,
                 |r: &magnetar_proto::meta::OpenSessionResponse| r.header.clone(),
-                |mut c| async move { c.open_session(request).await },
+                |Link { client: mut c, .. }| async move { c.open_session(request).await },
             )
             .await?;
         Ok(Session::start(self.clone(), response.session_id, ttl))
@@ -429,7 +448,7 @@ impl MetaClient {
         self.call(
             Retry::Always,
             |r: &magnetar_proto::meta::KeepAliveResponse| r.header.clone(),
-            |mut c| async move { c.keep_alive(request).await },
+            |Link { client: mut c, .. }| async move { c.keep_alive(request).await },
         )
         .await
         .map(|_| ())
@@ -440,7 +459,7 @@ impl MetaClient {
         self.call(
             Retry::IfDefinite,
             |r: &magnetar_proto::meta::CloseSessionResponse| r.header.clone(),
-            |mut c| async move { c.close_session(request).await },
+            |Link { client: mut c, .. }| async move { c.close_session(request).await },
         )
         .await
         .map(|_| ())
@@ -455,7 +474,7 @@ impl MetaClient {
             .call(
                 Retry::IfDefinite,
                 |r: &magnetar_proto::meta::MemberResponse| r.header.clone(),
-                |mut c| {
+                |Link { client: mut c, .. }| {
                     let request = request.clone();
                     async move { c.add_member(request).await }
                 },
@@ -470,7 +489,7 @@ impl MetaClient {
             .call(
                 Retry::IfDefinite,
                 |r: &magnetar_proto::meta::MemberResponse| r.header.clone(),
-                |mut c| async move { c.remove_member(request).await },
+                |Link { client: mut c, .. }| async move { c.remove_member(request).await },
             )
             .await?;
         Ok(response.members)
@@ -479,7 +498,7 @@ impl MetaClient {
     /// Every key under `prefix` as the node at `endpoint` holds it, without forwarding or
     /// read index: possibly stale, for checking one replica.
     pub async fn local_list_all(endpoint: &str, prefix: &str) -> Result<Vec<KeyValue>> {
-        let mut client = connect(endpoint)?;
+        let mut client = connect(endpoint)?.client;
         let mut all = Vec::new();
         let mut start_after = String::new();
         loop {
@@ -508,7 +527,7 @@ impl MetaClient {
 
     /// The status of the node at `endpoint` (no forwarding, no retries).
     pub async fn status_of(endpoint: &str) -> Result<StatusResponse> {
-        let mut client = connect(endpoint)?;
+        let mut client = connect(endpoint)?.client;
         let response = client
             .status(StatusRequest {})
             .await
@@ -541,7 +560,7 @@ impl MetaClient {
     ) {
         let mut backoff = Duration::from_millis(10);
         loop {
-            let (index, mut client) = self.pick();
+            let (index, Link { mut client, .. }) = self.pick();
             let request = WatchRequest {
                 prefix: prefix.clone(),
                 start_revision: next,

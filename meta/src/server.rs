@@ -15,8 +15,9 @@ use magnetar_proto::meta::{
     command, txn_op, AddMemberRequest, CloseSessionRequest, CloseSessionResponse, Command, Compare,
     DeleteRequest, DeleteResponse, ErrorCode, GetRequest, GetResponse, Header, KeepAliveRequest,
     KeepAliveResponse, ListRequest, ListResponse, MemberResponse, OpenSessionRequest,
-    OpenSessionResponse, PutRequest, PutResponse, RaftRequest, RaftResponse, RemoveMemberRequest,
-    StatusRequest, StatusResponse, TxnOp, TxnRequest, TxnResponse, WatchRequest, WatchResponse,
+    OpenSessionResponse, PipelineRequest, PipelineResponse, PutRequest, PutResponse, RaftRequest,
+    RaftResponse, RemoveMemberRequest, StatusRequest, StatusResponse, TxnOp, TxnRequest,
+    TxnResponse, WatchRequest, WatchResponse,
 };
 use parking_lot::Mutex;
 use protobuf::Message as _;
@@ -24,7 +25,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
 use tonic::metadata::MetadataMap;
 use tonic::transport::{Channel, Endpoint};
-use tonic::{Request, Response, Status};
+use tonic::{Request, Response, Status, Streaming};
 
 use crate::config::MetaConfig;
 use crate::errors::{MetaError, Result};
@@ -32,6 +33,8 @@ use crate::keys::{validate_key, validate_prefix, validate_value};
 use crate::node::{self, MemberChange, NodeHandle, ReadOp, ReadOutcome};
 use crate::state_machine::CommandOutcome;
 use crate::transport::MAX_PEER_MESSAGE_BYTES;
+
+mod pipeline;
 
 /// Marks a request a follower forwarded, so it is never forwarded twice.
 const FORWARDED: &str = "x-magnetar-meta-forwarded";
@@ -553,6 +556,17 @@ impl Meta for Service {
         };
         Ok(Response::new(self.decorate(response)))
     }
+
+    type PipelineStream = ReceiverStream<std::result::Result<PipelineResponse, Status>>;
+
+    async fn pipeline(
+        &self,
+        request: Request<Streaming<PipelineRequest>>,
+    ) -> std::result::Result<Response<Self::PipelineStream>, Status> {
+        let (sender, receiver) = mpsc::channel(pipeline::RESPONSES_QUEUED);
+        tokio::spawn(pipeline::serve(self.clone(), request.into_inner(), sender));
+        Ok(Response::new(ReceiverStream::new(receiver)))
+    }
 }
 
 impl Service {
@@ -623,14 +637,44 @@ impl MetaPeer for Service {
         &self,
         request: Request<RaftRequest>,
     ) -> std::result::Result<Response<RaftResponse>, Status> {
-        let request = request.into_inner();
+        self.deliver_raft(request.into_inner())?;
+        Ok(Response::new(RaftResponse {}))
+    }
+
+    async fn raft_stream(
+        &self,
+        request: Request<Streaming<RaftRequest>>,
+    ) -> std::result::Result<Response<RaftResponse>, Status> {
+        let mut stream = request.into_inner();
+        let mut shutdown = self.shutdown.clone();
+        if *shutdown.borrow_and_update() {
+            return Ok(Response::new(RaftResponse {}));
+        }
+        loop {
+            tokio::select! {
+                message = stream.message() => match message? {
+                    Some(request) => self.deliver_raft(request)?,
+                    None => break,
+                },
+                // A stopping node ends the stream, so its graceful stop need not wait for
+                // the peer to hang up.
+                _ = shutdown.changed() => break,
+            }
+        }
+        Ok(Response::new(RaftResponse {}))
+    }
+}
+
+impl Service {
+    /// Hands a batch of peer messages to the Raft thread.
+    fn deliver_raft(&self, request: RaftRequest) -> std::result::Result<(), Status> {
         for bytes in request.messages {
             // Only peers call this service; still, bad bytes are refused, never trusted.
             let message = raft::prelude::Message::parse_from_bytes(&bytes)
                 .map_err(|e| Status::invalid_argument(format!("undecodable raft message: {e}")))?;
             self.node.deliver(message);
         }
-        Ok(Response::new(RaftResponse {}))
+        Ok(())
     }
 }
 

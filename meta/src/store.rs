@@ -82,6 +82,10 @@ impl Store {
             .map_err(|e| MetaError::Internal(format!("creating {}: {e}", dir.display())))?;
         let mut options = rocksdb::Options::default();
         options.create_if_missing(true);
+        // Every Ready that carries log entries waits for a WAL fsync. Writing over an old WAL
+        // file instead of extending a new one lets that fsync skip the file-size and extent
+        // metadata, which on this kind of disk is most of its cost.
+        options.set_recycle_log_file_num(4);
         let db = DB::open(&options, dir).map_err(disk)?;
         Ok(Self { db, sync })
     }

@@ -1,6 +1,8 @@
 //! Raft messages between nodes: one sending task per peer, fed by a bounded queue, that sends
-//! what has accumulated as one `MetaPeer.Raft` call. raft-rs messages travel as opaque bytes
-//! (rust-protobuf encoded) inside our own prost message.
+//! what has accumulated as one message on a long-lived `MetaPeer.RaftStream` (a batch holding
+//! a snapshot goes as one `MetaPeer.Raft` call instead, so its delivery can be reported).
+//! raft-rs messages travel as opaque bytes (rust-protobuf encoded) inside our own prost
+//! message.
 //!
 //! A full queue drops messages: Raft resends what matters (heartbeats, appends after a
 //! rejection, snapshots after a failure report), so a slow peer never blocks the node.
@@ -14,14 +16,19 @@ use magnetar_proto::meta::RaftRequest;
 use protobuf::Message as _;
 use raft::prelude::{Message, MessageType};
 use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::node::{NodeHandle, Request};
 
 /// Messages waiting for one peer before new ones are dropped.
 const PEER_QUEUE: usize = 4096;
-/// Most messages in one call.
+/// Most messages in one call or stream message.
 const MESSAGES_PER_CALL: usize = 256;
+/// Batches waiting in a peer's stream for the connection.
+const STREAM_QUEUE: usize = 64;
+/// Longest wait for a peer to take a snapshot.
+const SNAPSHOT_CALL_TIMEOUT: Duration = Duration::from_secs(60);
 /// gRPC message limit between nodes (a snapshot is one message).
 pub const MAX_PEER_MESSAGE_BYTES: usize = 256 << 20;
 
@@ -111,7 +118,6 @@ impl PeerSender {
         let channel = match Endpoint::from_shared(format!("http://{}", self.endpoint)) {
             Ok(endpoint) => endpoint
                 .connect_timeout(Duration::from_millis(500))
-                .timeout(Duration::from_secs(10))
                 .tcp_nodelay(true)
                 .connect_lazy(),
             Err(error) => {
@@ -120,9 +126,10 @@ impl PeerSender {
                 return;
             }
         };
-        let mut client = MetaPeerClient::<Channel>::new(channel)
+        let client = MetaPeerClient::<Channel>::new(channel)
             .max_decoding_message_size(MAX_PEER_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_PEER_MESSAGE_BYTES);
+        let mut stream: Option<mpsc::Sender<RaftRequest>> = None;
         while let Some(first) = outbox.recv().await {
             let mut batch = vec![first];
             while batch.len() < MESSAGES_PER_CALL {
@@ -142,22 +149,58 @@ impl PeerSender {
                 from: self.self_id,
                 messages,
             };
-            match client.raft(request).await {
-                Ok(_) => {
-                    if has_snapshot {
-                        self.node
-                            .report(Request::SnapshotReport(self.peer_id, true));
-                    }
-                }
-                Err(status) => {
-                    tracing::debug!(peer = self.peer_id, %status, "raft messages not delivered");
-                    if has_snapshot {
-                        self.node
-                            .report(Request::SnapshotReport(self.peer_id, false));
-                    }
-                    self.node.report(Request::Unreachable(self.peer_id));
-                }
+            if has_snapshot {
+                self.send_call(client.clone(), request).await;
+                continue;
+            }
+            let open = match stream.take() {
+                Some(open) if !open.is_closed() => open,
+                _ => self.open_stream(client.clone()),
+            };
+            // A stream that broke has reported the peer unreachable; Raft resends what
+            // mattered, so this batch is simply dropped.
+            if open.send(request).await.is_ok() {
+                stream = Some(open);
             }
         }
+    }
+
+    /// One awaited call, for batches holding a snapshot: Raft must hear whether it arrived.
+    async fn send_call(&self, mut client: MetaPeerClient<Channel>, request: RaftRequest) {
+        let call = tokio::time::timeout(SNAPSHOT_CALL_TIMEOUT, client.raft(request)).await;
+        match call {
+            Ok(Ok(_)) => self
+                .node
+                .report(Request::SnapshotReport(self.peer_id, true)),
+            Ok(Err(status)) => {
+                tracing::debug!(peer = self.peer_id, %status, "snapshot not delivered");
+                self.node
+                    .report(Request::SnapshotReport(self.peer_id, false));
+                self.node.report(Request::Unreachable(self.peer_id));
+            }
+            Err(_) => {
+                tracing::debug!(peer = self.peer_id, "snapshot delivery timed out");
+                self.node
+                    .report(Request::SnapshotReport(self.peer_id, false));
+                self.node.report(Request::Unreachable(self.peer_id));
+            }
+        }
+    }
+
+    /// Opens the stream to the peer; its task reports the peer unreachable when it breaks.
+    fn open_stream(&self, mut client: MetaPeerClient<Channel>) -> mpsc::Sender<RaftRequest> {
+        let (sender, receiver) = mpsc::channel(STREAM_QUEUE);
+        let node = self.node.clone();
+        let peer_id = self.peer_id;
+        tokio::spawn(async move {
+            let outcome = client.raft_stream(ReceiverStream::new(receiver)).await;
+            if let Err(status) = outcome {
+                tracing::debug!(peer = peer_id, %status, "raft stream broke");
+            }
+            // Ended either way (the peer stopped or the connection broke): messages queued
+            // in it may be lost, so Raft should probe the peer again.
+            node.report(Request::Unreachable(peer_id));
+        });
+        sender
     }
 }

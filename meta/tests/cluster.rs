@@ -475,3 +475,81 @@ async fn a_new_member_catches_up_from_a_snapshot() -> TestResult {
     }
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn pipelined_ops_from_many_callers_each_get_their_own_answer() -> TestResult {
+    use magnetar_proto::meta::meta_client::MetaClient as WireClient;
+    use magnetar_proto::meta::{pipelined_result, PipelineRequest, PipelinedOp};
+
+    let cluster = Cluster::start(3, |_| {}).await?;
+    cluster.leader().await?;
+    // The client starts at node 1, perhaps a follower: then its first ops are forwarded.
+    let client = cluster.client()?;
+    let mut tasks = Vec::new();
+    for caller in 0..32u32 {
+        let client = client.clone();
+        tasks.push(tokio::spawn(async move {
+            for round in 0..20u32 {
+                let key = format!("/pipeline/{caller}");
+                let value = format!("{caller}-{round}");
+                let version = client.put(&key, value.clone()).await?;
+                let read = client
+                    .get(&key)
+                    .await?
+                    .ok_or(MetaError::Internal("gone".into()))?;
+                if read.version != version || read.value.as_ref() != value.as_bytes() {
+                    return Err(MetaError::Internal(format!(
+                        "{key}: wrote {value} at {version}, read {:?} at {}",
+                        read.value, read.version
+                    )));
+                }
+            }
+            Ok::<_, MetaError>(())
+        }));
+    }
+    for task in tasks {
+        task.await??;
+    }
+
+    // On the wire: an op naming no operation is refused in its header, the others answered
+    // under their own ids, and the stream stays usable.
+    let endpoint = cluster.endpoints()[0].clone();
+    let mut wire = WireClient::connect(format!("http://{endpoint}")).await?;
+    let ops = vec![
+        PipelinedOp { id: 7, op: None },
+        PipelinedOp {
+            id: 8,
+            op: Some(magnetar_proto::meta::pipelined_op::Op::Get(
+                magnetar_proto::meta::GetRequest {
+                    key: "/pipeline/0".into(),
+                },
+            )),
+        },
+    ];
+    let outbound = tokio_stream::iter(vec![PipelineRequest { ops }]);
+    let mut inbound = wire.pipeline(outbound).await?.into_inner();
+    let mut answered = BTreeMap::new();
+    while let Some(response) = inbound.message().await? {
+        for result in response.results {
+            answered.insert(result.id, result.result);
+        }
+    }
+    match answered.get(&7) {
+        Some(Some(pipelined_result::Result::Get(response))) => assert_eq!(
+            response.header.as_ref().map(|h| h.error),
+            Some(ErrorCode::InvalidArgument as i32)
+        ),
+        other => panic!("op 7 answered {other:?}"),
+    }
+    match answered.get(&8) {
+        Some(Some(pipelined_result::Result::Get(response))) => {
+            assert_eq!(response.header.as_ref().map(|h| h.error), Some(0));
+            assert_eq!(
+                response.kv.as_ref().map(|kv| kv.value.as_ref()),
+                Some(b"0-19".as_slice())
+            );
+        }
+        other => panic!("op 8 answered {other:?}"),
+    }
+    Ok(())
+}
