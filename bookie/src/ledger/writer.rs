@@ -2,8 +2,9 @@
 //! completion strictly in entry order, ensemble changes when a bookie fails, and close.
 //!
 //! A [`LedgerWriter`] is a handle on one task that owns all the writer's state (an actor):
-//! adds arrive over a bounded channel, bookie answers over another, and nothing is shared
-//! except the published LAC. The task stops taking adds while `max_in_flight_entries` are
+//! adds arrive over a bounded channel, bookie answers straight from the bookies' response
+//! streams (polled by the task itself, no relay in between), and nothing is shared except the
+//! published LAC. The task stops taking adds while `max_in_flight_entries` are
 //! unacknowledged, which is the writer's back-pressure.
 
 use std::collections::{HashSet, VecDeque};
@@ -15,6 +16,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
+use futures::stream::{self, BoxStream, SelectAll, StreamExt};
 use magnetar_proto::bookie::{AddRequest, AddResult, Entry, ErrorCode};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, warn};
@@ -33,8 +35,6 @@ use crate::entry::new_entry;
 
 /// Bound on adds waiting in the handle's channel (the task's in-flight bound comes after).
 const COMMAND_QUEUE: usize = 4096;
-/// Bound on batches of bookie answers waiting for the task.
-const EVENT_QUEUE: usize = 1024;
 /// Most payload bytes in one request to a bookie.
 const MAX_REQUEST_BYTES: usize = 4 << 20;
 /// Replacement bookies tried for one failed bookie before the writer gives up.
@@ -197,7 +197,9 @@ struct WriterTask {
     completed_length: u64,
     links: Vec<BookieLink>,
     next_generation: u64,
-    events: mpsc::Sender<Event>,
+    /// Every open link's answers, each ending with a `Broken` event; a replaced link's stream
+    /// stays until the bookie closes it, its events ignored by generation.
+    answers: SelectAll<BoxStream<'static, Event>>,
     /// Bookies that failed this writer; not chosen again while others are available.
     excluded: HashSet<String>,
     failure: Option<Failure>,
@@ -241,7 +243,6 @@ pub(crate) async fn create(
         writer_token_hex: encode_hex(&token),
         custom: options.custom,
     };
-    let (events, event_receiver) = mpsc::channel(EVENT_QUEUE);
     let published_lac = Arc::new(AtomicI64::new(-1));
     let mut task = WriterTask {
         client: client.clone(),
@@ -255,7 +256,7 @@ pub(crate) async fn create(
         completed_length: 0,
         links: Vec::with_capacity(quorums.ensemble),
         next_generation: 0,
-        events,
+        answers: SelectAll::new(),
         excluded: HashSet::new(),
         failure: None,
         published_lac: published_lac.clone(),
@@ -303,7 +304,7 @@ pub(crate) async fn create(
         })?;
     info!(ledger_id, ensemble = ?task.metadata.segments[0].bookies, "ledger created");
     let (commands, command_receiver) = mpsc::channel(COMMAND_QUEUE);
-    tokio::spawn(task.run(command_receiver, event_receiver));
+    tokio::spawn(task.run(command_receiver));
     Ok(LedgerWriter {
         ledger_id,
         quorums,
@@ -322,7 +323,7 @@ impl WriterTask {
         let bookie = self.client.bookies.get(&address, timeout).await?;
         let AddStream {
             requests,
-            mut responses,
+            responses,
         } = with_timeout(
             &address,
             timeout,
@@ -331,32 +332,26 @@ impl WriterTask {
         .await?;
         let generation = self.next_generation;
         self.next_generation += 1;
-        let events = self.events.clone();
-        tokio::spawn(async move {
-            let reason = loop {
-                match responses.message().await {
-                    Ok(Some(response)) => {
-                        let event = Event::Results {
-                            index,
-                            generation,
-                            results: response.results,
-                        };
-                        if events.send(event).await.is_err() {
-                            return;
-                        }
-                    }
-                    Ok(None) => break "the bookie closed the add stream".to_string(),
-                    Err(status) => break format!("add stream failed: {status}"),
-                }
-            };
-            let _ = events
-                .send(Event::Broken {
-                    index,
-                    generation,
-                    reason,
-                })
-                .await;
+        let answers = responses.map(move |message| match message {
+            Ok(response) => Event::Results {
+                index,
+                generation,
+                results: response.results,
+            },
+            Err(status) => Event::Broken {
+                index,
+                generation,
+                reason: format!("add stream failed: {status}"),
+            },
         });
+        let closed = stream::once(async move {
+            Event::Broken {
+                index,
+                generation,
+                reason: "the bookie closed the add stream".to_string(),
+            }
+        });
+        self.answers.push(answers.chain(closed).boxed());
         Ok(BookieLink {
             address,
             generation,
@@ -366,11 +361,7 @@ impl WriterTask {
         })
     }
 
-    async fn run(
-        mut self,
-        mut commands: mpsc::Receiver<Command>,
-        mut events: mpsc::Receiver<Event>,
-    ) {
+    async fn run(mut self, mut commands: mpsc::Receiver<Command>) {
         let config = self.client.config.clone();
         let tick =
             (config.add_timeout / 4).clamp(Duration::from_millis(10), Duration::from_millis(250));
@@ -393,7 +384,9 @@ impl WriterTask {
                 && !handle_gone
                 && self.tracker.pending() < config.max_in_flight_entries;
             tokio::select! {
-                Some(event) = events.recv() => self.on_event(event).await,
+                Some(event) = self.answers.next(), if !self.answers.is_empty() => {
+                    self.on_event(event).await
+                }
                 command = commands.recv(), if accepting => match command {
                     None => handle_gone = true,
                     Some(Command::Close { done }) => closing = Some(done),

@@ -9,7 +9,7 @@
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::{bail, Context};
 use bytes::Bytes;
@@ -18,6 +18,7 @@ use magnetar_bookie::{new_entry, BookieClient, BookieConfig, RunningBookie};
 use magnetar_proto::bookie::{AddRequest, ErrorCode};
 use tokio::sync::mpsc;
 
+use super::pacer::pace;
 use super::raw_fsync::measure_raw_fsync;
 use super::report::{spawn_progress, Figures, LatencyHistogram};
 
@@ -267,29 +268,6 @@ async fn write_unlimited(
         acked.fetch_add(response.results.len() as u64, Ordering::Relaxed);
     }
     Ok(outcome)
-}
-
-/// Releases entries on schedule, round robin over the writers: the k-th entry overall is due
-/// at `start + k / rate` and goes to writer `k mod W` as that writer's entry `k / W`.
-fn pace(
-    total: u64,
-    rate_per_sec: f64,
-    start: Instant,
-    schedules: Vec<mpsc::UnboundedSender<(u64, Instant)>>,
-) {
-    let writers = schedules.len() as u64;
-    let interval = Duration::from_secs_f64(1.0 / rate_per_sec);
-    for sequence in 0..total {
-        let due = start + interval.mul_f64(sequence as f64);
-        let now = Instant::now();
-        if due > now {
-            std::thread::sleep(due - now);
-        }
-        let writer = (sequence % writers) as usize;
-        if schedules[writer].send((sequence / writers, due)).is_err() {
-            return;
-        }
-    }
 }
 
 /// Sends entries as they fall due, each request holding whatever is due at once.

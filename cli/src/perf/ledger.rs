@@ -2,13 +2,14 @@
 //! in-order completion), against bookies it starts with an embedded metadata store, or
 //! against the bookies registered in an existing store (`--meta`).
 //!
-//! Each writer owns a ledger. An issuing task queues adds (paced with `--rate`, else as fast
-//! as the window allows) and a collecting task awaits them in entry order; latency runs from
-//! the scheduled time (paced) or the queueing time (unlimited) to completion.
+//! Each writer owns a ledger. An issuing task queues adds (released by a pacing thread with
+//! `--rate`, else as fast as the window allows) and a collecting task awaits them in entry
+//! order; latency runs from the scheduled time (paced) or the queueing time (unlimited) to
+//! completion.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::{bail, Context};
 use bytes::Bytes;
@@ -18,6 +19,7 @@ use magnetar_bookie::{BookieConfig, RunningBookie};
 use magnetar_meta::{MetaClient, MetaConfig, MetaServer};
 use tokio::sync::mpsc;
 
+use super::pacer::pace;
 use super::report::{spawn_progress, Figures, LatencyHistogram};
 
 #[derive(Args)]
@@ -148,20 +150,28 @@ async fn run_async(args: LedgerPerfArgs) -> anyhow::Result<()> {
         );
     }
     let started = Instant::now();
+    let mut schedules = Vec::new();
     for (index, writer) in ledgers.into_iter().enumerate() {
         let index = index as u64;
         let quota = args.entries / args.writers + u64::from(index < args.entries % args.writers);
-        let rate = args.rate.map(|rate| rate as f64 / args.writers as f64);
+        let schedule = args.rate.map(|_| {
+            let (sender, receiver) = mpsc::unbounded_channel();
+            schedules.push(sender);
+            receiver
+        });
         writers.push(tokio::spawn(write(
             writer,
             quota,
             payload.clone(),
-            rate,
+            schedule,
             args.window,
-            started,
             acked.clone(),
         )));
     }
+    let pacer = args.rate.map(|rate| {
+        let total = args.entries;
+        std::thread::spawn(move || pace(total, rate.max(1) as f64, started, schedules))
+    });
 
     let progress = spawn_progress(acked.clone(), args.entries, args.json);
     let mut latencies = LatencyHistogram::new();
@@ -173,6 +183,9 @@ async fn run_async(args: LedgerPerfArgs) -> anyhow::Result<()> {
     }
     let elapsed = started.elapsed();
     progress.abort();
+    if let Some(pacer) = pacer {
+        let _ = pacer.join();
+    }
     if let Some(cluster) = local {
         for bookie in cluster.bookies {
             bookie.shutdown().await?;
@@ -230,15 +243,15 @@ async fn run_async(args: LedgerPerfArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// One writer: issues `quota` adds (paced at `rate` per second when given) and awaits them in
-/// order in a second task, at most `window` outstanding.
+/// One writer: issues `quota` adds (as the pacer releases them when there is a `schedule`, each
+/// add's latency counted from when it fell due) and awaits them in order in a second task, at
+/// most `window` outstanding.
 async fn write(
     writer: magnetar_bookie::LedgerWriter,
     quota: u64,
     payload: Bytes,
-    rate: Option<f64>,
+    mut schedule: Option<mpsc::UnboundedReceiver<(u64, Instant)>>,
     window: usize,
-    started: Instant,
     acked: Arc<AtomicU64>,
 ) -> anyhow::Result<WriterOutcome> {
     let (issued, mut to_collect) = mpsc::channel::<(Instant, PendingAdd)>(window.max(1));
@@ -260,13 +273,12 @@ async fn write(
         }
         outcome
     });
-    for entry in 0..quota {
-        let since = match rate {
-            Some(rate) => {
-                let scheduled = started + Duration::from_secs_f64(entry as f64 / rate);
-                tokio::time::sleep_until(scheduled.into()).await;
-                scheduled
-            }
+    for _ in 0..quota {
+        let since = match schedule.as_mut() {
+            Some(schedule) => match schedule.recv().await {
+                Some((_, due)) => due,
+                None => break,
+            },
             None => Instant::now(),
         };
         let add = writer.add_pipelined(payload.clone()).await?;

@@ -5,6 +5,7 @@ mod bookie;
 mod function;
 mod ledger;
 mod meta;
+mod pacer;
 mod pubsub;
 mod raw_fsync;
 mod report;
