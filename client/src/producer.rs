@@ -446,7 +446,7 @@ impl PartitionTask {
                     ok &= self.send_batch(connection).await;
                 }
                 self.add(message, waiter);
-                if self.batch_full() {
+                if self.batch_full() || self.batch_due() {
                     ok &= self.send_batch(connection).await;
                 }
                 ok
@@ -486,6 +486,14 @@ impl PartitionTask {
         self.building_bytes += message.encoded_len_estimate();
         self.building.push(message.into_wire());
         self.building_waiters.push(waiter);
+    }
+
+    /// The batch has waited its delay. The runtime's timer ticks once a millisecond, so its
+    /// wake-up alone could hold a batch up to a millisecond past the delay; while messages keep
+    /// coming, the first one after the deadline sends the batch on time instead.
+    fn batch_due(&self) -> bool {
+        self.batch_deadline
+            .is_some_and(|deadline| Instant::now() >= deadline)
     }
 
     fn batch_full(&self) -> bool {

@@ -2,7 +2,8 @@
 //! against an in-process standalone (the default) or a running cluster (`--service-url`).
 //!
 //! Each message's payload starts with its send time (microseconds since the run began), so a
-//! consumer in the same process measures end-to-end latency with one clock.
+//! consumer in the same process measures end-to-end latency with one clock. With `--rate`, a
+//! pacing thread releases each message when it falls due, and both latencies run from then.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -15,6 +16,7 @@ use clap::Args;
 use magnetar_client::{Client, InitialPosition, OutgoingMessage, SendReceipt, SubscriptionType};
 use tokio::sync::mpsc;
 
+use super::pacer::pace;
 use super::report::{Figures, LatencyHistogram};
 use crate::standalone::{self, StandaloneArgs};
 
@@ -246,9 +248,16 @@ async fn run_async(mode: Mode, args: PubSubPerfArgs) -> anyhow::Result<()> {
     let progress = tokio::spawn(report_progress(shared.clone(), args.size, args.json));
     let duration = Duration::from_secs(args.duration.max(1));
     let mut producer_tasks = Vec::new();
+    let mut schedules = Vec::new();
     if producing {
         let producers = args.producers.max(1);
         for _ in 0..producers {
+            // With `--rate`, a pacing thread releases each message when it falls due.
+            let mut schedule = (args.rate > 0).then(|| {
+                let (sender, receiver) = mpsc::unbounded_channel::<(u64, Instant)>();
+                schedules.push(sender);
+                receiver
+            });
             let producer = client
                 .producer(&topic)
                 .batch_max_messages(args.batch_max_messages)
@@ -258,7 +267,6 @@ async fn run_async(mode: Mode, args: PubSubPerfArgs) -> anyhow::Result<()> {
                 .await
                 .context("creating a producer")?;
             let shared = shared.clone();
-            let rate = args.rate as f64 / producers as f64;
             let size = args.size;
             producer_tasks.push(tokio::spawn(async move {
                 let (receipts, mut waiting) = mpsc::channel::<(u64, SendReceipt)>(200_000);
@@ -285,18 +293,18 @@ async fn run_async(mode: Mode, args: PubSubPerfArgs) -> anyhow::Result<()> {
                 let begin = Instant::now();
                 let mut sent = 0u64;
                 loop {
-                    let mut now = Instant::now();
-                    if now.duration_since(begin) >= duration {
+                    // Latency runs from when the message fell due (paced) or was made.
+                    let since = match schedule.as_mut() {
+                        Some(schedule) => match schedule.recv().await {
+                            Some((_, due)) => due,
+                            None => break,
+                        },
+                        None => Instant::now(),
+                    };
+                    if schedule.is_none() && since.duration_since(begin) >= duration {
                         break;
                     }
-                    if rate > 0.0 {
-                        let due = begin + Duration::from_secs_f64(sent as f64 / rate);
-                        if due > now {
-                            tokio::time::sleep_until(due.into()).await;
-                            now = Instant::now();
-                        }
-                    }
-                    let sent_us = now.duration_since(shared.started).as_micros() as u64;
+                    let sent_us = since.duration_since(shared.started).as_micros() as u64;
                     filler[..8].copy_from_slice(&sent_us.to_le_bytes());
                     let message = OutgoingMessage::new(Bytes::copy_from_slice(&filler));
                     match producer.send_async(message).await {
@@ -320,9 +328,17 @@ async fn run_async(mode: Mode, args: PubSubPerfArgs) -> anyhow::Result<()> {
     } else {
         tokio::time::sleep(duration).await;
     }
+    let pacer = (args.rate > 0 && producing).then(|| {
+        let total = args.rate * duration.as_secs();
+        let start = Instant::now();
+        std::thread::spawn(move || pace(total, args.rate as f64, start, schedules))
+    });
     let mut sent = 0;
     for task in producer_tasks {
         sent += task.await.unwrap_or(0);
+    }
+    if let Some(pacer) = pacer {
+        let _ = pacer.join();
     }
     let publish_elapsed = shared.started.elapsed();
     if consuming && producing {
