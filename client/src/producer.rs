@@ -396,6 +396,9 @@ impl PartitionTask {
                                 Err(_) => break,
                             }
                         }
+                        if !broken && self.batch_due() {
+                            broken |= !self.send_batch(&connection).await;
+                        }
                     }
                     None => {
                         inbox_open = false;
@@ -446,7 +449,7 @@ impl PartitionTask {
                     ok &= self.send_batch(connection).await;
                 }
                 self.add(message, waiter);
-                if self.batch_full() || self.batch_due() {
+                if self.batch_full() {
                     ok &= self.send_batch(connection).await;
                 }
                 ok
@@ -490,7 +493,7 @@ impl PartitionTask {
 
     /// The batch has waited its delay. The runtime's timer ticks once a millisecond, so its
     /// wake-up alone could hold a batch up to a millisecond past the delay; while messages keep
-    /// coming, the first one after the deadline sends the batch on time instead.
+    /// coming, the first wake-up for new ones after the deadline sends the batch on time.
     fn batch_due(&self) -> bool {
         self.batch_deadline
             .is_some_and(|deadline| Instant::now() >= deadline)
