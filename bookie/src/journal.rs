@@ -124,6 +124,7 @@ impl Journal {
         let mut writer = JournalWriter {
             settings,
             current: first,
+            current_since: Instant::now(),
             spares: spare_receiver,
             urgent,
             fenced_ledgers,
@@ -425,12 +426,24 @@ fn preallocate_files(
     }
 }
 
+/// Whether `remaining` bytes will be gone within `horizon` if writing goes on at the rate that
+/// wrote `written` bytes in `elapsed`.
+fn full_within(written: u64, remaining: u64, elapsed: Duration, horizon: Duration) -> bool {
+    if written == 0 || elapsed.is_zero() {
+        return false;
+    }
+    let seconds_to_full = remaining as f64 * elapsed.as_secs_f64() / written as f64;
+    seconds_to_full < horizon.as_secs_f64()
+}
+
 struct JournalWriter {
     settings: JournalSettings,
     current: JournalFile,
+    /// When the writer moved to the current file (its fill rate says when it will be full).
+    current_since: Instant,
     spares: flume::Receiver<JournalFile>,
-    /// Set when the writer is past half its file and no spare is ready: the preallocator
-    /// stops pacing.
+    /// Set when no spare is ready and the current file will be full before a paced
+    /// preallocation could finish (or is past half): the preallocator stops pacing.
     urgent: Arc<AtomicBool>,
     fenced_ledgers: HashSet<u64>,
     sink: Arc<dyn JournalSink>,
@@ -600,10 +613,27 @@ impl JournalWriter {
             .map_err(|source| BookieError::io("fdatasync of the journal", source))?;
         self.stats.fsyncs.fetch_add(1, Ordering::Relaxed);
         self.current.offset += needed;
-        if self.current.offset > self.current.capacity / 2 && self.spares.is_empty() {
+        if self.spares.is_empty() && self.filling_faster_than_paced_preallocation() {
             self.urgent.store(true, Ordering::Relaxed);
         }
         Ok(())
+    }
+
+    /// Whether the current file, at the rate it has been filling, will be full before a paced
+    /// preallocation of a whole next file could finish (always true past half the file). A
+    /// burst of adds fills a 64 MiB file in well under a second, while pacing takes 2 s.
+    fn filling_faster_than_paced_preallocation(&self) -> bool {
+        if self.current.offset > self.current.capacity / 2 {
+            return true;
+        }
+        full_within(
+            self.current.offset.saturating_sub(FILE_HEADER_BYTES),
+            self.current.capacity.saturating_sub(self.current.offset),
+            self.current_since.elapsed(),
+            Duration::from_secs_f64(
+                self.settings.file_size_bytes as f64 / PREALLOCATION_BYTES_PER_SEC as f64,
+            ),
+        )
     }
 
     /// Moves on to the next (preallocated) file.
@@ -631,8 +661,37 @@ impl JournalWriter {
             "journal rolled to a new file"
         );
         self.current = next;
+        self.current_since = Instant::now();
         self.broken = false;
         self.urgent.store(false, Ordering::Relaxed);
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_file_filling_faster_than_pacing_asks_for_urgency() {
+        let pacing = Duration::from_secs(2);
+        const MIB: u64 = 1024 * 1024;
+        // A burst: 8 MiB in 50 ms leaves 56 MiB for 0.35 s.
+        assert!(full_within(
+            8 * MIB,
+            56 * MIB,
+            Duration::from_millis(50),
+            pacing
+        ));
+        // 50,000 adds/s of 100 B: about 7 MB/s, so 60 MiB lasts about 9 s.
+        assert!(!full_within(
+            4 * MIB,
+            60 * MIB,
+            Duration::from_millis(600),
+            pacing
+        ));
+        // Nothing written yet, or no time passed: no rate to judge by.
+        assert!(!full_within(0, 64 * MIB, Duration::from_millis(10), pacing));
+        assert!(!full_within(MIB, 63 * MIB, Duration::ZERO, pacing));
     }
 }
