@@ -52,6 +52,9 @@ pub struct Pending {
     outstanding: usize,
     /// Messages waiting.
     waiting_messages: usize,
+    /// Key_Shared consumers that joined others, with the last entry read when they joined:
+    /// nothing after it goes to them while an entry up to it is unacknowledged.
+    holds: HashMap<u64, Position>,
 }
 
 impl Pending {
@@ -92,6 +95,19 @@ impl Pending {
         true
     }
 
+    /// Key_Shared, a consumer joining others: the keys it takes over may still have earlier
+    /// messages out at their previous consumers, so messages after `mark` (the last entry read
+    /// when it joined) wait for it until every entry up to `mark` is acknowledged. Messages up
+    /// to `mark` (redeliveries) may go to it at once.
+    pub fn hold_after(&mut self, consumer: u64, mark: Position) {
+        self.holds.insert(consumer, mark);
+    }
+
+    /// Forgets a departed consumer's hold.
+    pub fn release(&mut self, consumer: u64) {
+        self.holds.remove(&consumer);
+    }
+
     /// Hands waiting messages to consumers with permits, in position order, and takes the
     /// permits they use. Under Key_Shared each message goes to its key's consumer, and stays
     /// waiting while that consumer has no permits; under the other types an entry's waiting
@@ -99,6 +115,9 @@ impl Pending {
     pub fn dispatch(&mut self, dispatcher: &mut Dispatcher) -> Vec<Assigned> {
         let mut assigned = Vec::new();
         let key_shared = dispatcher.kind() == SubscriptionType::KeyShared;
+        let entries = &self.entries;
+        self.holds
+            .retain(|_, mark| entries.range(..=*mark).next().is_some());
         let positions: Vec<Position> = self.waiting.iter().copied().collect();
         for position in positions {
             if !dispatcher.any_permits() {
@@ -116,6 +135,14 @@ impl Pending {
                     }
                     let key = entry.batch.messages[index].key.as_deref().unwrap_or("");
                     match dispatcher.pick(Some(key_hash(key.as_bytes()))) {
+                        Some(consumer)
+                            if self
+                                .holds
+                                .get(&consumer)
+                                .is_some_and(|mark| position > *mark) =>
+                        {
+                            still_waiting = true
+                        }
                         Some(consumer) => {
                             dispatcher.sent(consumer);
                             *state = consumer;
@@ -432,6 +459,43 @@ mod tests {
         let assigned = pending.dispatch(&mut dispatcher);
         assert_eq!(assigned.len(), stuck);
         assert!(assigned.iter().all(|a| a.consumer == 1));
+    }
+
+    #[test]
+    fn a_key_shared_consumer_joining_others_gets_new_messages_once_earlier_ones_are_acked() {
+        let mut pending = Pending::new();
+        let mut dispatcher = dispatcher(SubscriptionType::KeyShared, &[(1, 1000)]);
+        let keys: Vec<String> = (0..50).map(|i| format!("key-{i}")).collect();
+        let key_refs: Vec<&str> = keys.iter().map(String::as_str).collect();
+        pending.add(Position::new(1, 0), batch(&key_refs));
+        let before_join = pending.dispatch(&mut dispatcher);
+        assert!(before_join.len() == 50 && before_join.iter().all(|a| a.consumer == 1));
+
+        dispatcher
+            .add_consumer(ConsumerSlot {
+                id: 2,
+                name: "c2".into(),
+                priority: 0,
+                permits: 1000,
+            })
+            .expect("joins");
+        pending.hold_after(2, Position::new(1, 0));
+        pending.add(Position::new(1, 1), batch(&key_refs));
+        let while_held = pending.dispatch(&mut dispatcher);
+        assert!(while_held.iter().all(|a| a.consumer == 1));
+        let held = 50 - while_held.len();
+        assert!(held > 0, "some keys moved to the new consumer");
+        assert_eq!(pending.waiting_messages(), held);
+
+        // Consumer 1 acknowledges what it had before the join: the hold ends.
+        for index in 0..49 {
+            pending.ack(at(0, index));
+        }
+        assert!(pending.dispatch(&mut dispatcher).is_empty(), "one left");
+        pending.ack(at(0, 49));
+        let released = pending.dispatch(&mut dispatcher);
+        assert_eq!(released.len(), held);
+        assert!(released.iter().all(|a| a.consumer == 2));
     }
 
     #[test]

@@ -485,6 +485,7 @@ impl SubscriptionTask {
     }
 
     fn join(&mut self, link: ConsumerLink) -> BrokerResult<()> {
+        let joins_others = !self.consumers.is_empty();
         self.dispatcher
             .add_consumer(ConsumerSlot {
                 id: link.id,
@@ -501,6 +502,9 @@ impl SubscriptionTask {
                 }
             })?;
         self.ever_joined = true;
+        if joins_others && self.dispatcher.kind() == SubscriptionType::KeyShared {
+            self.pending.hold_after(link.id, self.last_read);
+        }
         self.consumers.insert(
             link.id,
             ConsumerEntry {
@@ -516,6 +520,7 @@ impl SubscriptionTask {
             return;
         }
         self.dispatcher.remove_consumer(id);
+        self.pending.release(id);
         self.pending.redeliver(id, None);
         self.update_active();
     }
