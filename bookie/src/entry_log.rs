@@ -30,6 +30,8 @@ const RECORD_HEADER_BYTES: usize = 8;
 const BODY_FIXED_BYTES: usize = 8 + 8 + 8 + 4;
 /// Writes are gathered into buffers of this size.
 const WRITE_BUFFER_BYTES: usize = 1024 * 1024;
+/// A flush's unit of writeback (see [`write_back`]).
+const WRITEBACK_CHUNK_BYTES: usize = 256 * 1024;
 
 /// Where an entry lives.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -104,6 +106,8 @@ struct OpenLog {
     file: File,
     /// Offset where `buffer` begins in the file.
     flushed_offset: u64,
+    /// The chunk whose writeback was started last and not yet waited for.
+    writing_back: Option<(u64, u64)>,
 }
 
 impl EntryLogWriter {
@@ -197,11 +201,17 @@ impl EntryLogWriter {
         let Some(log) = self.current.as_mut() else {
             return Ok(());
         };
-        log.file
-            .write_all_at(&self.buffer, log.flushed_offset)
-            .map_err(|source| BookieError::io("writing the entry log", source))?;
-        start_writeback(&log.file, log.flushed_offset, self.buffer.len() as u64);
-        log.flushed_offset += self.buffer.len() as u64;
+        for chunk in self.buffer.chunks(WRITEBACK_CHUNK_BYTES) {
+            log.file
+                .write_all_at(chunk, log.flushed_offset)
+                .map_err(|source| BookieError::io("writing the entry log", source))?;
+            let range = (log.flushed_offset, chunk.len() as u64);
+            write_back(&log.file, range, WriteBack::Start);
+            if let Some(previous) = log.writing_back.replace(range) {
+                write_back(&log.file, previous, WriteBack::Finish);
+            }
+            log.flushed_offset += chunk.len() as u64;
+        }
         self.buffer.clear();
         Ok(())
     }
@@ -230,6 +240,7 @@ impl EntryLogWriter {
             id,
             file,
             flushed_offset: ENTRY_LOG_HEADER_BYTES,
+            writing_back: None,
         });
         Ok(())
     }
@@ -328,18 +339,35 @@ fn decode_record(record: Bytes) -> Option<Entry> {
     })
 }
 
-/// Asks the kernel to start writing a range back now, without waiting. The flush's final
-/// fdatasync then finds little left to write, so it no longer holds the disk (and the
-/// journal's fdatasync queued behind it) for the time a whole cache generation takes. Advisory:
-/// an error here changes nothing about durability, which the fdatasync provides.
-fn start_writeback(file: &File, offset: u64, length: u64) {
+enum WriteBack {
+    /// Start writing the range back, without waiting.
+    Start,
+    /// Wait until the range is written back.
+    Finish,
+}
+
+/// Writes a flush back to the disk as it goes, chunk by chunk: each chunk's writeback starts
+/// as it is written, and the one before is waited for. At most two chunks of a flush are queued
+/// at the disk at a time, so the journal's fdatasync, which every add waits for, never queues
+/// behind a whole cache generation (megabytes each second), and the flush's final fdatasync
+/// finds little left to write. Advisory: an error here changes nothing about durability, which
+/// the fdatasync provides.
+fn write_back(file: &File, (offset, length): (u64, u64), step: WriteBack) {
+    let flags = match step {
+        WriteBack::Start => libc::SYNC_FILE_RANGE_WRITE,
+        WriteBack::Finish => {
+            libc::SYNC_FILE_RANGE_WAIT_BEFORE
+                | libc::SYNC_FILE_RANGE_WRITE
+                | libc::SYNC_FILE_RANGE_WAIT_AFTER
+        }
+    };
     // SAFETY: sync_file_range only reads its arguments; the descriptor is open for writing.
     unsafe {
         libc::sync_file_range(
             file.as_raw_fd(),
             offset as libc::off64_t,
             length as libc::off64_t,
-            libc::SYNC_FILE_RANGE_WRITE,
+            flags,
         );
     }
 }
