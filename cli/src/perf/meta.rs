@@ -154,7 +154,11 @@ async fn measure(args: MetaPerfArgs) -> anyhow::Result<()> {
         None => {
             let group = start_local(args.nodes, !args.no_sync).await?;
             let endpoints = group.endpoints.clone();
-            leader_of(&group).await?;
+            let leader = leader_of(&group).await?;
+            say(format!(
+                "local group of {} nodes, node {leader} leads",
+                args.nodes
+            ));
             local = Some(group);
             endpoints
         }
