@@ -167,23 +167,17 @@ impl PeerSender {
 
     /// One awaited call, for batches holding a snapshot: Raft must hear whether it arrived.
     async fn send_call(&self, mut client: MetaPeerClient<Channel>, request: RaftRequest) {
-        let call = tokio::time::timeout(SNAPSHOT_CALL_TIMEOUT, client.raft(request)).await;
-        match call {
-            Ok(Ok(_)) => self
-                .node
-                .report(Request::SnapshotReport(self.peer_id, true)),
-            Ok(Err(status)) => {
-                tracing::debug!(peer = self.peer_id, %status, "snapshot not delivered");
-                self.node
-                    .report(Request::SnapshotReport(self.peer_id, false));
-                self.node.report(Request::Unreachable(self.peer_id));
-            }
-            Err(_) => {
-                tracing::debug!(peer = self.peer_id, "snapshot delivery timed out");
-                self.node
-                    .report(Request::SnapshotReport(self.peer_id, false));
-                self.node.report(Request::Unreachable(self.peer_id));
-            }
+        let failure = match tokio::time::timeout(SNAPSHOT_CALL_TIMEOUT, client.raft(request)).await
+        {
+            Ok(Ok(_)) => None,
+            Ok(Err(status)) => Some(status.to_string()),
+            Err(_) => Some(format!("no answer in {SNAPSHOT_CALL_TIMEOUT:?}")),
+        };
+        self.node
+            .report(Request::SnapshotReport(self.peer_id, failure.is_none()));
+        if let Some(reason) = failure {
+            tracing::debug!(peer = self.peer_id, %reason, "snapshot not delivered");
+            self.node.report(Request::Unreachable(self.peer_id));
         }
     }
 
