@@ -12,8 +12,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use magnetar_proto::broker::{
-    consume_request, consume_response, seek, Ack, ConsumeRequest, ConsumeResponse, ErrorCode, Flow,
-    InitialPosition as WireInitialPosition, Redeliver, Seek, Subscribe,
+    consume_request, consume_response, seek, Ack, AckRange, ConsumeRequest, ConsumeResponse,
+    ErrorCode, Flow, InitialPosition as WireInitialPosition, Redeliver, Seek, Subscribe,
     SubscriptionType as WireSubscriptionType,
 };
 use tokio::sync::{mpsc, oneshot, Mutex, Notify};
@@ -477,6 +477,31 @@ const MAX_ACKS_PER_REQUEST: usize = 4096;
 /// The most commands the task handles before it looks at the broker's responses again.
 const COMMANDS_PER_WAKE: usize = 64;
 
+/// Individual acknowledgements as runs of consecutive messages of one entry: an application
+/// acknowledging in order sends one range per entry instead of an id per message.
+fn ack_ranges(ids: &[MessageId]) -> Vec<AckRange> {
+    let mut ranges: Vec<AckRange> = Vec::new();
+    for id in ids {
+        let index = id.batch_index.max(0) as u32;
+        match ranges.last_mut() {
+            Some(run)
+                if run.ledger_id == id.ledger_id
+                    && run.entry_id == id.entry_id
+                    && run.last_index.checked_add(1) == Some(index) =>
+            {
+                run.last_index = index;
+            }
+            _ => ranges.push(AckRange {
+                ledger_id: id.ledger_id,
+                entry_id: id.entry_id,
+                first_index: index,
+                last_index: index,
+            }),
+        }
+    }
+    ranges
+}
+
 fn consume_request(kind: consume_request::Kind) -> ConsumeRequest {
     ConsumeRequest { kind: Some(kind) }
 }
@@ -653,14 +678,19 @@ impl PartitionTask {
         match kind {
             consume_response::Kind::Deliveries(deliveries) => {
                 let generation = self.generations[self.slot].load(Ordering::Acquire);
-                let mut producer_name: Arc<str> = Arc::from("");
-                for delivery in deliveries.deliveries {
-                    let message = ReceivedMessage::from_delivery(
-                        delivery,
-                        &self.topic_name,
-                        self.partition,
-                        &mut producer_name,
-                    );
+                let messages = deliveries.entries.into_iter().flat_map(|entry| {
+                    let position = (entry.ledger_id, entry.entry_id);
+                    ReceivedMessage::unpack(entry, &self.topic_name, self.partition).unwrap_or_else(
+                        |error| {
+                            // The broker checks an entry's framing before it sends it; this is
+                            // an entry no broker wrote. It cannot be delivered, so it is left.
+                            warn!(topic = %self.topic, ledger = position.0, entry = position.1,
+                                %error, "dropping a delivered entry that cannot be unpacked");
+                            Vec::new()
+                        },
+                    )
+                });
+                for message in messages.collect::<Vec<_>>() {
                     if let Some((from, inclusive)) = self.skip_before {
                         // The broker sends whole entries: a start or seek inside a batch skips
                         // the batch's earlier messages (acknowledging them for a subscription,
@@ -677,7 +707,7 @@ impl PartitionTask {
                                     .requests
                                     .send(consume_request(consume_request::Kind::Ack(Ack {
                                         message_ids: vec![message.id.to_wire()],
-                                        cumulative: false,
+                                        ..Ack::default()
                                     })))
                                     .await;
                             }
@@ -694,7 +724,7 @@ impl PartitionTask {
                             .requests
                             .send(consume_request(consume_request::Kind::Ack(Ack {
                                 message_ids: vec![message.id.to_wire()],
-                                cumulative: false,
+                                ..Ack::default()
                             })))
                             .await;
                         self.taken.fetch_add(1, Ordering::Relaxed);
@@ -840,9 +870,18 @@ impl PartitionTask {
                 }
             }
         }
-        let request = consume_request::Kind::Ack(Ack {
-            message_ids: ids.into_iter().map(MessageId::to_wire).collect(),
-            cumulative,
+        let request = consume_request::Kind::Ack(if cumulative {
+            Ack {
+                message_ids: ids.into_iter().map(MessageId::to_wire).collect(),
+                cumulative,
+                ranges: Vec::new(),
+            }
+        } else {
+            Ack {
+                message_ids: Vec::new(),
+                cumulative,
+                ranges: ack_ranges(&ids),
+            }
         });
         connection
             .requests
@@ -915,5 +954,38 @@ impl PartitionTask {
             )))
             .await
             .is_ok()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(entry_id: i64, batch_index: i32) -> MessageId {
+        MessageId {
+            partition: -1,
+            ledger_id: 4,
+            entry_id,
+            batch_index,
+        }
+    }
+
+    #[test]
+    fn consecutive_acknowledgements_of_an_entry_become_one_range() {
+        let ids = [
+            id(0, 0),
+            id(0, 1),
+            id(0, 2),
+            id(0, 4),
+            id(1, 0),
+            id(1, 1),
+            id(0, 3),
+        ];
+        let runs: Vec<(i64, u32, u32)> = ack_ranges(&ids)
+            .iter()
+            .map(|range| (range.entry_id, range.first_index, range.last_index))
+            .collect();
+        assert_eq!(runs, vec![(0, 0, 2), (0, 4, 4), (1, 0, 1), (0, 3, 3)]);
+        assert!(ack_ranges(&[]).is_empty());
     }
 }

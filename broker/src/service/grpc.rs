@@ -24,7 +24,7 @@ use tonic::{Request, Response, Status, Streaming};
 use tracing::debug;
 
 use super::error::{BrokerError, BrokerResult};
-use super::pending::MessageRef;
+use super::pending::{IndexRange, MessageRef};
 use super::subscription::{
     before, ConsumerEvent, ConsumerLink, SeekTo, SubscriptionHandle, CONSUMER_EVENT_QUEUE,
 };
@@ -511,8 +511,16 @@ async fn serve_consumer(
                     )),
                     consume_request::Kind::Flow(flow) => subscription.flow(consumer_id, flow.permits).await,
                     consume_request::Kind::Ack(ack) => {
-                        let messages = ack.message_ids.iter().map(message_ref).collect();
-                        subscription.ack(messages, ack.cumulative).await
+                        let ranges = ack.message_ids.iter().map(|id| {
+                            let message = message_ref(id);
+                            IndexRange { position: message.position, first: message.index, last: message.index }
+                        });
+                        let ranges = ranges.chain(ack.ranges.iter().map(|range| IndexRange {
+                            position: Position::new(range.ledger_id, range.entry_id),
+                            first: range.first_index,
+                            last: range.last_index,
+                        }));
+                        subscription.ack(ranges.collect(), ack.cumulative).await
                     }
                     consume_request::Kind::Redeliver(redeliver) => {
                         let messages = if redeliver.message_ids.is_empty() {
@@ -547,7 +555,7 @@ async fn serve_consumer(
                 let response = match event {
                     Some(ConsumerEvent::Deliveries(deliveries)) => {
                         count_dispatched(topic, &deliveries);
-                        consume_response(consume_response::Kind::Deliveries(Deliveries { deliveries }))
+                        consume_response(consume_response::Kind::Deliveries(Deliveries { entries: deliveries.entries }))
                     }
                     Some(ConsumerEvent::Active(active)) => consume_response(consume_response::Kind::Active(active)),
                     Some(ConsumerEvent::SeekDone) => consume_response(consume_response::Kind::SeekDone(true)),
@@ -567,18 +575,11 @@ async fn serve_consumer(
 }
 
 /// Counts what goes out to a consumer, for the topic's dispatch rate.
-fn count_dispatched(topic: &Topic, deliveries: &[magnetar_proto::broker::Delivery]) {
-    let bytes: usize = deliveries
-        .iter()
-        .filter_map(|delivery| delivery.message.as_ref())
-        .map(|message| message.payload.len())
-        .sum();
+fn count_dispatched(topic: &Topic, deliveries: &super::subscription::Deliveries) {
+    use std::sync::atomic::Ordering::Relaxed;
     let counters = &topic.counters;
-    counters.messages_out.fetch_add(
-        deliveries.len() as u64,
-        std::sync::atomic::Ordering::Relaxed,
-    );
     counters
-        .bytes_out
-        .fetch_add(bytes as u64, std::sync::atomic::Ordering::Relaxed);
+        .messages_out
+        .fetch_add(deliveries.message_count, Relaxed);
+    counters.bytes_out.fetch_add(deliveries.bytes, Relaxed);
 }

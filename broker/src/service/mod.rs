@@ -5,6 +5,7 @@
 //! - [`topic`]: one served topic: managed ledger, producers with deduplication, subscriptions.
 //! - [`subscription`]: the task that dispatches a subscription's messages.
 //! - [`pending`]: what a subscription has out at consumers (no I/O).
+//! - [`stored_batch`]: what dispatch reads of a stored batch without decoding it.
 //! - [`policies`]: namespace policies applied to topics: retention, message TTL, backlog quota.
 //! - [`grpc`]: the `Broker` gRPC service over these.
 //! - [`server`]: a running broker (listener, session, registration).
@@ -17,6 +18,7 @@ pub mod ownership;
 pub mod pending;
 pub mod policies;
 pub mod server;
+pub mod stored_batch;
 pub mod subscription;
 pub mod topic;
 

@@ -8,11 +8,11 @@
 //! per key under Key_Shared) for everything sent for the first time.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::sync::Arc;
 
-use magnetar_proto::broker::StoredBatch;
+use bytes::Bytes;
 
-use crate::dispatch::{key_hash, Dispatcher, SubscriptionType};
+use super::stored_batch::ReadBatch;
+use crate::dispatch::{Dispatcher, SubscriptionType};
 use crate::managed_ledger::Position;
 
 /// One message of a topic: its entry and its index in the entry's batch.
@@ -22,13 +22,27 @@ pub struct MessageRef {
     pub index: u32,
 }
 
-/// A message handed to a consumer by [`Pending::dispatch`].
+/// Consecutive messages `first..=last` of one entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IndexRange {
+    pub position: Position,
+    pub first: u32,
+    pub last: u32,
+}
+
+/// Messages of one entry handed to one consumer by [`Pending::dispatch`].
 #[derive(Debug, Clone)]
 pub struct Assigned {
     pub consumer: u64,
-    pub message: MessageRef,
-    pub batch: Arc<StoredBatch>,
-    pub redelivery_count: u32,
+    pub position: Position,
+    /// The entry's stored bytes.
+    pub batch: Bytes,
+    /// The batch indexes handed out, ascending; `None` when it is the whole batch.
+    pub indexes: Option<Vec<u32>>,
+    /// Each handed-out message's earlier deliveries, in index order; empty when all are zero.
+    pub redelivery_counts: Vec<u32>,
+    /// Messages handed out.
+    pub message_count: u32,
 }
 
 /// State of one message: waiting, acknowledged, or the id of the consumer holding it.
@@ -36,9 +50,44 @@ const WAITING: u64 = 0;
 const ACKED: u64 = u64::MAX;
 
 struct Entry {
-    batch: Arc<StoredBatch>,
+    batch: Bytes,
+    /// Key_Shared: each message's key hash.
+    key_hashes: Vec<u32>,
     states: Vec<u64>,
     unacked: u32,
+}
+
+/// What one dispatch pass hands one consumer of one entry.
+#[derive(Default)]
+struct Handout {
+    indexes: Vec<u32>,
+    redelivery_counts: Vec<u32>,
+    any_redelivered: bool,
+}
+
+impl Handout {
+    fn push(&mut self, index: u32, redelivery_count: u32) {
+        self.indexes.push(index);
+        self.redelivery_counts.push(redelivery_count);
+        self.any_redelivered |= redelivery_count > 0;
+    }
+
+    fn into_assigned(self, consumer: u64, position: Position, entry: &Entry) -> Assigned {
+        let message_count = self.indexes.len() as u32;
+        let whole = self.indexes.len() == entry.states.len();
+        Assigned {
+            consumer,
+            position,
+            batch: entry.batch.clone(),
+            indexes: (!whole).then_some(self.indexes),
+            redelivery_counts: if self.any_redelivered {
+                self.redelivery_counts
+            } else {
+                Vec::new()
+            },
+            message_count,
+        }
+    }
 }
 
 /// The unacknowledged messages of one subscription.
@@ -77,15 +126,16 @@ impl Pending {
 
     /// Adds an entry just read; all its messages wait for dispatch. An empty batch has nothing
     /// to deliver and is reported as acknowledged at once (returns `false`).
-    pub fn add(&mut self, position: Position, batch: Arc<StoredBatch>) -> bool {
-        let count = batch.messages.len();
+    pub fn add(&mut self, position: Position, batch: ReadBatch) -> bool {
+        let count = batch.message_count as usize;
         if count == 0 || self.entries.contains_key(&position) {
             return count != 0;
         }
         self.entries.insert(
             position,
             Entry {
-                batch,
+                batch: batch.bytes,
+                key_hashes: batch.key_hashes,
                 states: vec![WAITING; count],
                 unacked: count as u32,
             },
@@ -95,10 +145,9 @@ impl Pending {
         true
     }
 
-    /// Key_Shared, a consumer joining others: the keys it takes over may still have earlier
-    /// messages out at their previous consumers, so messages after `mark` (the last entry read
-    /// when it joined) wait for it until every entry up to `mark` is acknowledged. Messages up
-    /// to `mark` (redeliveries) may go to it at once.
+    /// Key_Shared: `consumer` joined others after `mark` was read. Until every entry up to
+    /// `mark` is acknowledged, it is given nothing after `mark`: a key that moved to it may
+    /// still have earlier messages out at its previous consumer.
     pub fn hold_after(&mut self, consumer: u64, mark: Position) {
         self.holds.insert(consumer, mark);
     }
@@ -108,10 +157,17 @@ impl Pending {
         self.holds.remove(&consumer);
     }
 
-    /// Hands waiting messages to consumers with permits, in position order, and takes the
-    /// permits they use. Under Key_Shared each message goes to its key's consumer, and stays
-    /// waiting while that consumer has no permits; under the other types an entry's waiting
-    /// messages go together to the consumer the dispatcher picks.
+    fn redelivery_count(&self, message: MessageRef) -> u32 {
+        if self.redeliveries.is_empty() {
+            return 0;
+        }
+        self.redeliveries.get(&message).copied().unwrap_or(0)
+    }
+
+    /// Hands waiting messages to consumers with permits, in position order. Outside
+    /// Key_Shared an entry's waiting messages go together to one consumer; under Key_Shared
+    /// each message goes to its key's consumer, and waits while that consumer has no permits
+    /// or is held.
     pub fn dispatch(&mut self, dispatcher: &mut Dispatcher) -> Vec<Assigned> {
         let mut assigned = Vec::new();
         let key_shared = dispatcher.kind() == SubscriptionType::KeyShared;
@@ -123,77 +179,90 @@ impl Pending {
             if !dispatcher.any_permits() {
                 break;
             }
-            let Some(entry) = self.entries.get_mut(&position) else {
+            let Some(entry) = self.entries.get(&position) else {
                 self.waiting.remove(&position);
                 continue;
             };
             let mut still_waiting = false;
-            if key_shared {
-                for (index, state) in entry.states.iter_mut().enumerate() {
-                    if *state != WAITING {
-                        continue;
-                    }
-                    let key = entry.batch.messages[index].key.as_deref().unwrap_or("");
-                    match dispatcher.pick(Some(key_hash(key.as_bytes()))) {
+            let mut handouts: Vec<(u64, Handout)> = Vec::new();
+            let mut picked_for_whole_entry = None;
+            for (index, &state) in entry.states.iter().enumerate() {
+                if state != WAITING {
+                    continue;
+                }
+                let consumer = if key_shared {
+                    let hash = entry.key_hashes.get(index).copied().unwrap_or(0);
+                    match dispatcher.pick(Some(hash)) {
                         Some(consumer)
                             if self
                                 .holds
                                 .get(&consumer)
                                 .is_some_and(|mark| position > *mark) =>
                         {
-                            still_waiting = true
+                            still_waiting = true;
+                            continue;
                         }
                         Some(consumer) => {
                             dispatcher.sent(consumer);
-                            *state = consumer;
-                            let message = MessageRef {
-                                position,
-                                index: index as u32,
-                            };
-                            assigned.push(Assigned {
-                                consumer,
-                                message,
-                                batch: entry.batch.clone(),
-                                redelivery_count: self
-                                    .redeliveries
-                                    .get(&message)
-                                    .copied()
-                                    .unwrap_or(0),
-                            });
-                            self.outstanding += 1;
-                            self.waiting_messages -= 1;
+                            consumer
                         }
-                        None => still_waiting = true,
+                        None => {
+                            still_waiting = true;
+                            continue;
+                        }
                     }
-                }
-            } else {
-                let Some(consumer) = dispatcher.pick(None) else {
-                    break;
+                } else {
+                    // One pick for the entry: its waiting messages go together.
+                    match picked_for_whole_entry {
+                        Some(consumer) => consumer,
+                        None => match dispatcher.pick(None) {
+                            Some(consumer) => {
+                                picked_for_whole_entry = Some(consumer);
+                                consumer
+                            }
+                            None => {
+                                still_waiting = true;
+                                break;
+                            }
+                        },
+                    }
                 };
-                let mut sent = 0;
-                for (index, state) in entry.states.iter_mut().enumerate() {
-                    if *state != WAITING {
-                        continue;
+                let message = MessageRef {
+                    position,
+                    index: index as u32,
+                };
+                let redelivery_count = self.redelivery_count(message);
+                match handouts.iter_mut().find(|(holder, _)| *holder == consumer) {
+                    Some((_, handout)) => handout.push(index as u32, redelivery_count),
+                    None => {
+                        let mut handout = Handout::default();
+                        handout.push(index as u32, redelivery_count);
+                        handouts.push((consumer, handout));
                     }
-                    *state = consumer;
-                    sent += 1;
-                    let message = MessageRef {
-                        position,
-                        index: index as u32,
-                    };
-                    assigned.push(Assigned {
-                        consumer,
-                        message,
-                        batch: entry.batch.clone(),
-                        redelivery_count: self.redeliveries.get(&message).copied().unwrap_or(0),
-                    });
                 }
-                dispatcher.sent_many(consumer, sent);
-                self.outstanding += sent as usize;
-                self.waiting_messages -= sent as usize;
+            }
+            let entry = self
+                .entries
+                .get_mut(&position)
+                .expect("the entry was found above");
+            for (consumer, handout) in handouts {
+                for &index in &handout.indexes {
+                    entry.states[index as usize] = consumer;
+                }
+                let count = handout.indexes.len();
+                if !key_shared {
+                    dispatcher.sent_many(consumer, count as u32);
+                }
+                self.outstanding += count;
+                self.waiting_messages -= count;
+                assigned.push(handout.into_assigned(consumer, position, entry));
             }
             if !still_waiting {
                 self.waiting.remove(&position);
+            }
+            if picked_for_whole_entry.is_none() && !key_shared && still_waiting {
+                // No consumer can take anything now.
+                break;
             }
         }
         assigned
@@ -202,22 +271,41 @@ impl Pending {
     /// Marks a message acknowledged. Returns the entry's position when that was its last
     /// unacknowledged message (the cursor may now acknowledge the entry).
     pub fn ack(&mut self, message: MessageRef) -> Option<Position> {
-        let entry = self.entries.get_mut(&message.position)?;
-        let state = entry.states.get_mut(message.index as usize)?;
-        match *state {
-            ACKED => return None,
-            WAITING => self.waiting_messages -= 1,
-            _ => self.outstanding -= 1,
+        self.ack_range(IndexRange {
+            position: message.position,
+            first: message.index,
+            last: message.index,
+        })
+    }
+
+    /// Marks the messages `first..=last` of one entry acknowledged (indexes past the batch
+    /// are ignored). Returns the entry's position when no message of it is left unacknowledged.
+    pub fn ack_range(&mut self, range: IndexRange) -> Option<Position> {
+        let entry = self.entries.get_mut(&range.position)?;
+        let first = range.first as usize;
+        let last = (range.last as usize).min(entry.states.len().checked_sub(1)?);
+        for index in first..=last {
+            let state = &mut entry.states[index];
+            match *state {
+                ACKED => continue,
+                WAITING => self.waiting_messages -= 1,
+                _ => self.outstanding -= 1,
+            }
+            *state = ACKED;
+            entry.unacked -= 1;
+            if !self.redeliveries.is_empty() {
+                self.redeliveries.remove(&MessageRef {
+                    position: range.position,
+                    index: index as u32,
+                });
+            }
         }
-        *state = ACKED;
-        entry.unacked -= 1;
-        self.redeliveries.remove(&message);
         if entry.unacked > 0 {
             return None;
         }
-        self.entries.remove(&message.position);
-        self.waiting.remove(&message.position);
-        Some(message.position)
+        self.entries.remove(&range.position);
+        self.waiting.remove(&range.position);
+        Some(range.position)
     }
 
     /// Acknowledges every message up to and including `through`. Returns the positions of
@@ -290,11 +378,6 @@ impl Pending {
         moved.len()
     }
 
-    /// The redelivery count of a message.
-    pub fn redelivery_count(&self, message: MessageRef) -> u32 {
-        self.redeliveries.get(&message).copied().unwrap_or(0)
-    }
-
     /// Forgets everything (after a seek).
     pub fn clear(&mut self) {
         *self = Self::default();
@@ -309,22 +392,44 @@ impl Pending {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::dispatch::ConsumerSlot;
-    use magnetar_proto::broker::Message;
+    use crate::dispatch::{key_hash, ConsumerSlot};
 
-    fn batch(keys: &[&str]) -> Arc<StoredBatch> {
-        Arc::new(StoredBatch {
-            producer_name: "p".into(),
-            first_sequence_id: 0,
-            publish_time_ms: 0,
-            messages: keys
-                .iter()
-                .map(|key| Message {
-                    key: Some(key.to_string()),
-                    ..Message::default()
-                })
-                .collect(),
-        })
+    fn batch(keys: &[&str]) -> ReadBatch {
+        ReadBatch {
+            bytes: Bytes::new(),
+            message_count: keys.len() as u32,
+            key_hashes: keys.iter().map(|key| key_hash(key.as_bytes())).collect(),
+        }
+    }
+
+    /// One handed-out message.
+    struct Sent {
+        consumer: u64,
+        message: MessageRef,
+        redelivery_count: u32,
+    }
+
+    /// Dispatches, and lists what went out message by message.
+    fn dispatch(pending: &mut Pending, dispatcher: &mut Dispatcher) -> Vec<Sent> {
+        let mut sent = Vec::new();
+        for assigned in pending.dispatch(dispatcher) {
+            let indexes = assigned
+                .indexes
+                .clone()
+                .unwrap_or_else(|| (0..assigned.message_count).collect());
+            assert_eq!(indexes.len() as u32, assigned.message_count);
+            for (at, index) in indexes.into_iter().enumerate() {
+                sent.push(Sent {
+                    consumer: assigned.consumer,
+                    message: MessageRef {
+                        position: assigned.position,
+                        index,
+                    },
+                    redelivery_count: assigned.redelivery_counts.get(at).copied().unwrap_or(0),
+                });
+            }
+        }
+        sent
     }
 
     fn dispatcher(kind: SubscriptionType, consumers: &[(u64, u32)]) -> Dispatcher {
@@ -354,7 +459,7 @@ mod tests {
         let mut pending = Pending::new();
         let mut dispatcher = dispatcher(SubscriptionType::Exclusive, &[(1, 1)]);
         pending.add(Position::new(1, 0), batch(&["a", "b", "c"]));
-        let assigned = pending.dispatch(&mut dispatcher);
+        let assigned = dispatch(&mut pending, &mut dispatcher);
         assert_eq!(assigned.len(), 3);
         assert!(assigned.iter().all(|a| a.consumer == 1));
         assert_eq!(pending.unacked_messages(), 3);
@@ -366,22 +471,42 @@ mod tests {
     }
 
     #[test]
+    fn a_first_delivery_hands_out_the_whole_entry_and_a_redelivery_only_what_came_back() {
+        let mut pending = Pending::new();
+        let mut dispatcher = dispatcher(SubscriptionType::Shared, &[(1, 100)]);
+        pending.add(Position::new(1, 0), batch(&["a", "b", "c"]));
+        let first = pending.dispatch(&mut dispatcher);
+        assert_eq!(first.len(), 1);
+        assert_eq!(first[0].indexes, None, "every message of the batch");
+        assert_eq!(first[0].message_count, 3);
+        assert!(first[0].redelivery_counts.is_empty());
+
+        pending.ack(at(0, 0));
+        assert_eq!(pending.redeliver(1, None), 2);
+        let again = pending.dispatch(&mut dispatcher);
+        assert_eq!(again.len(), 1);
+        assert_eq!(again[0].indexes, Some(vec![1, 2]));
+        assert_eq!(again[0].redelivery_counts, vec![1, 1]);
+        assert_eq!(again[0].message_count, 2);
+    }
+
+    #[test]
     fn nothing_is_sent_without_permits_and_order_is_kept_when_they_come() {
         let mut pending = Pending::new();
         let mut dispatcher = dispatcher(SubscriptionType::Failover, &[(1, 0)]);
         for entry in 0..3 {
             pending.add(Position::new(1, entry), batch(&["k"]));
         }
-        assert!(pending.dispatch(&mut dispatcher).is_empty());
+        assert!(dispatch(&mut pending, &mut dispatcher).is_empty());
         dispatcher.add_permits(1, 2);
-        let assigned = pending.dispatch(&mut dispatcher);
+        let assigned = dispatch(&mut pending, &mut dispatcher);
         let entries: Vec<i64> = assigned
             .iter()
             .map(|a| a.message.position.entry_id)
             .collect();
         assert_eq!(entries, vec![0, 1]);
         dispatcher.add_permits(1, 5);
-        let assigned = pending.dispatch(&mut dispatcher);
+        let assigned = dispatch(&mut pending, &mut dispatcher);
         assert_eq!(assigned.len(), 1);
         assert_eq!(assigned[0].message, at(2, 0));
     }
@@ -392,7 +517,7 @@ mod tests {
         let mut dispatcher = dispatcher(SubscriptionType::Shared, &[(1, 10), (2, 10)]);
         pending.add(Position::new(1, 0), batch(&["a", "b"]));
         pending.add(Position::new(1, 1), batch(&["c"]));
-        let first = pending.dispatch(&mut dispatcher);
+        let first = dispatch(&mut pending, &mut dispatcher);
         let holder = first[0].consumer;
         assert_eq!(pending.redeliver(holder, Some(&[at(0, 1)])), 1);
         assert_eq!(
@@ -401,7 +526,7 @@ mod tests {
             "a waiting message is not held by anyone"
         );
         pending.add(Position::new(1, 2), batch(&["d"]));
-        let again = pending.dispatch(&mut dispatcher);
+        let again = dispatch(&mut pending, &mut dispatcher);
         assert_eq!(again[0].message, at(0, 1));
         assert_eq!(again[0].redelivery_count, 1);
         assert_eq!(again[1].message, at(2, 0));
@@ -415,12 +540,12 @@ mod tests {
         for entry in 0..4 {
             pending.add(Position::new(1, entry), batch(&["x"]));
         }
-        let assigned = pending.dispatch(&mut dispatcher);
+        let assigned = dispatch(&mut pending, &mut dispatcher);
         let held_by_one = assigned.iter().filter(|a| a.consumer == 1).count();
         assert!(held_by_one > 0);
         dispatcher.remove_consumer(1);
         assert_eq!(pending.redeliver(1, None), held_by_one);
-        let again = pending.dispatch(&mut dispatcher);
+        let again = dispatch(&mut pending, &mut dispatcher);
         assert_eq!(again.len(), held_by_one);
         assert!(again
             .iter()
@@ -434,7 +559,7 @@ mod tests {
         let keys: Vec<String> = (0..50).map(|i| format!("key-{i}")).collect();
         let key_refs: Vec<&str> = keys.iter().map(String::as_str).collect();
         pending.add(Position::new(1, 0), batch(&key_refs));
-        let assigned = pending.dispatch(&mut dispatcher);
+        let assigned = dispatch(&mut pending, &mut dispatcher);
         assert_eq!(assigned.len(), 50);
         for message in &assigned {
             let key = keys[message.message.index as usize].as_bytes();
@@ -450,13 +575,13 @@ mod tests {
             .map_or(0, |c| c.permits);
         dispatcher.sent_many(1, permits);
         pending.add(Position::new(1, 1), batch(&key_refs));
-        let assigned = pending.dispatch(&mut dispatcher);
+        let assigned = dispatch(&mut pending, &mut dispatcher);
         assert!(assigned.iter().all(|a| a.consumer == 2));
         let stuck = 50 - assigned.len();
         assert!(stuck > 0);
         assert_eq!(pending.waiting_messages(), stuck);
         dispatcher.add_permits(1, 100);
-        let assigned = pending.dispatch(&mut dispatcher);
+        let assigned = dispatch(&mut pending, &mut dispatcher);
         assert_eq!(assigned.len(), stuck);
         assert!(assigned.iter().all(|a| a.consumer == 1));
     }
@@ -468,7 +593,7 @@ mod tests {
         let keys: Vec<String> = (0..50).map(|i| format!("key-{i}")).collect();
         let key_refs: Vec<&str> = keys.iter().map(String::as_str).collect();
         pending.add(Position::new(1, 0), batch(&key_refs));
-        let before_join = pending.dispatch(&mut dispatcher);
+        let before_join = dispatch(&mut pending, &mut dispatcher);
         assert!(before_join.len() == 50 && before_join.iter().all(|a| a.consumer == 1));
 
         dispatcher
@@ -481,7 +606,7 @@ mod tests {
             .expect("joins");
         pending.hold_after(2, Position::new(1, 0));
         pending.add(Position::new(1, 1), batch(&key_refs));
-        let while_held = pending.dispatch(&mut dispatcher);
+        let while_held = dispatch(&mut pending, &mut dispatcher);
         assert!(while_held.iter().all(|a| a.consumer == 1));
         let held = 50 - while_held.len();
         assert!(held > 0, "some keys moved to the new consumer");
@@ -491,11 +616,34 @@ mod tests {
         for index in 0..49 {
             pending.ack(at(0, index));
         }
-        assert!(pending.dispatch(&mut dispatcher).is_empty(), "one left");
+        assert!(
+            dispatch(&mut pending, &mut dispatcher).is_empty(),
+            "one left"
+        );
         pending.ack(at(0, 49));
-        let released = pending.dispatch(&mut dispatcher);
+        let released = dispatch(&mut pending, &mut dispatcher);
         assert_eq!(released.len(), held);
         assert!(released.iter().all(|a| a.consumer == 2));
+    }
+
+    #[test]
+    fn a_range_acknowledges_its_messages_and_completes_the_entry_with_the_last() {
+        let mut pending = Pending::new();
+        let mut dispatcher = dispatcher(SubscriptionType::Shared, &[(1, 100)]);
+        pending.add(Position::new(1, 0), batch(&["a", "b", "c", "d"]));
+        dispatch(&mut pending, &mut dispatcher);
+        let range = |first, last| IndexRange {
+            position: Position::new(1, 0),
+            first,
+            last,
+        };
+        assert_eq!(pending.ack_range(range(1, 2)), None);
+        assert_eq!(pending.unacked_messages(), 2);
+        assert_eq!(pending.ack_range(range(2, 1)), None, "an empty range");
+        assert_eq!(pending.ack_range(range(1, 3)), None, "index 0 is still out");
+        assert_eq!(pending.unacked_messages(), 1);
+        assert_eq!(pending.ack_range(range(0, 99)), Some(Position::new(1, 0)));
+        assert_eq!(pending.unacked_messages(), 0);
     }
 
     #[test]
@@ -505,7 +653,7 @@ mod tests {
         for entry in 0..3 {
             pending.add(Position::new(1, entry), batch(&["a", "b"]));
         }
-        pending.dispatch(&mut dispatcher);
+        dispatch(&mut pending, &mut dispatcher);
         let done = pending.ack_through(at(2, 0));
         assert_eq!(done, vec![Position::new(1, 0), Position::new(1, 1)]);
         assert_eq!(pending.unacked_messages(), 1);

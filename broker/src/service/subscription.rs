@@ -7,16 +7,16 @@
 //! their own bounded event channel; the task never waits on a consumer.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 use std::time::Duration;
 
-use magnetar_proto::broker::{Delivery, MessageId, StoredBatch};
+use magnetar_proto::broker::{EntryDelivery, StoredBatch};
 use magnetar_proto::prost::Message as _;
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, warn};
 
 use super::error::{BrokerError, BrokerResult};
-use super::pending::{Assigned, MessageRef, Pending};
+use super::pending::{Assigned, IndexRange, MessageRef, Pending};
+use super::stored_batch::ReadBatch;
 use crate::dispatch::{ConsumerSlot, Dispatcher, JoinRefused, SubscriptionType};
 use crate::managed_ledger::{CursorState, ManagedLedger, ManagedLedgerResult, Position};
 
@@ -33,7 +33,7 @@ const READ_RETRY: Duration = Duration::from_millis(100);
 /// What a consumer hears from its subscription.
 #[derive(Debug)]
 pub enum ConsumerEvent {
-    Deliveries(Vec<Delivery>),
+    Deliveries(Deliveries),
     /// Failover: whether this consumer is now the active one.
     Active(bool),
     /// A seek finished; what follows comes from the new position.
@@ -42,6 +42,15 @@ pub enum ConsumerEvent {
     Error(BrokerError),
     /// The consumer was closed by the broker.
     Closed(BrokerError),
+}
+
+/// Entries (whole or in part) for one consumer.
+#[derive(Debug, Default)]
+pub struct Deliveries {
+    pub entries: Vec<EntryDelivery>,
+    pub message_count: u64,
+    /// Bytes of the entries as stored.
+    pub bytes: u64,
 }
 
 /// A consumer joining a subscription.
@@ -83,7 +92,7 @@ enum Command {
         permits: u32,
     },
     Ack {
-        messages: Vec<MessageRef>,
+        ranges: Vec<IndexRange>,
         cumulative: bool,
     },
     Redeliver {
@@ -174,7 +183,9 @@ impl SubscriptionHandle {
         self.send(Command::Flow { id, permits }).await
     }
 
-    pub async fn ack(&self, messages: Vec<MessageRef>, cumulative: bool) -> BrokerResult<()> {
+    /// Individual acknowledgements of `ranges`, or with `cumulative` of everything through the
+    /// one message `ranges` names.
+    pub async fn ack(&self, ranges: Vec<IndexRange>, cumulative: bool) -> BrokerResult<()> {
         if cumulative
             && matches!(
                 self.kind,
@@ -183,16 +194,17 @@ impl SubscriptionHandle {
         {
             return Err(BrokerError::CumulativeAckNotAllowed(type_name(self.kind)));
         }
-        if cumulative && messages.len() != 1 {
+        if cumulative && !matches!(ranges.as_slice(), [only] if only.first == only.last) {
             return Err(BrokerError::Protocol(
                 "a cumulative acknowledgement names exactly one message".into(),
             ));
         }
-        self.send(Command::Ack {
-            messages,
-            cumulative,
-        })
-        .await
+        if ranges.iter().any(|range| range.first > range.last) {
+            return Err(BrokerError::Protocol(
+                "an acknowledged range ends before it starts".into(),
+            ));
+        }
+        self.send(Command::Ack { ranges, cumulative }).await
     }
 
     pub async fn redeliver(&self, id: u64, messages: Option<Vec<MessageRef>>) -> BrokerResult<()> {
@@ -364,9 +376,10 @@ impl SubscriptionTask {
                 {
                     continue;
                 }
-                match StoredBatch::decode(entry.payload) {
+                let key_shared = self.dispatcher.kind() == SubscriptionType::KeyShared;
+                match ReadBatch::parse(entry.payload, key_shared) {
                     Ok(batch) => {
-                        if !self.pending.add(entry.position, Arc::new(batch)) {
+                        if !self.pending.add(entry.position, batch) {
                             self.ack_entry(entry.position);
                         }
                     }
@@ -387,42 +400,28 @@ impl SubscriptionTask {
         if assigned.is_empty() {
             return;
         }
-        // Per consumer: its deliveries, and the batch of the last one. A delivery from the
-        // same producer as the one before it leaves the name empty (see broker.proto).
-        let mut by_consumer: HashMap<u64, (Vec<Delivery>, Option<Arc<StoredBatch>>)> =
-            HashMap::new();
+        let mut by_consumer: HashMap<u64, Deliveries> = HashMap::new();
         for Assigned {
             consumer,
-            message,
+            position,
             batch,
-            redelivery_count,
+            indexes,
+            redelivery_counts,
+            message_count,
         } in assigned
         {
-            let index = message.index as usize;
-            let (deliveries, previous) = by_consumer.entry(consumer).or_default();
-            let same_producer = previous.as_ref().is_some_and(|previous| {
-                Arc::ptr_eq(previous, &batch) || previous.producer_name == batch.producer_name
+            let deliveries = by_consumer.entry(consumer).or_default();
+            deliveries.message_count += u64::from(message_count);
+            deliveries.bytes += batch.len() as u64;
+            deliveries.entries.push(EntryDelivery {
+                ledger_id: position.ledger_id,
+                entry_id: position.entry_id,
+                batch,
+                indexes: indexes.unwrap_or_default(),
+                redelivery_counts,
             });
-            deliveries.push(Delivery {
-                message_id: Some(MessageId {
-                    ledger_id: message.position.ledger_id,
-                    entry_id: message.position.entry_id,
-                    batch_index: message.index as i32,
-                    partition: -1,
-                }),
-                message: Some(batch.messages[index].clone()),
-                publish_time_ms: batch.publish_time_ms,
-                redelivery_count,
-                producer_name: if same_producer {
-                    String::new()
-                } else {
-                    batch.producer_name.clone()
-                },
-                sequence_id: batch.first_sequence_id + index as u64,
-            });
-            *previous = Some(batch);
         }
-        for (consumer, (deliveries, _)) in by_consumer {
+        for (consumer, deliveries) in by_consumer {
             let Some(entry) = self.consumers.get(&consumer) else {
                 continue;
             };
@@ -457,10 +456,7 @@ impl SubscriptionTask {
                 self.remove_consumer(id);
             }
             Command::Flow { id, permits } => self.dispatcher.add_permits(id, permits),
-            Command::Ack {
-                messages,
-                cumulative,
-            } => self.ack(messages, cumulative),
+            Command::Ack { ranges, cumulative } => self.ack(ranges, cumulative),
             Command::Redeliver { id, messages } => {
                 self.pending.redeliver(id, messages.as_deref());
             }
@@ -549,10 +545,14 @@ impl SubscriptionTask {
         self.active = now_active;
     }
 
-    fn ack(&mut self, messages: Vec<MessageRef>, cumulative: bool) {
+    fn ack(&mut self, ranges: Vec<IndexRange>, cumulative: bool) {
         if cumulative {
-            let Some(&through) = messages.first() else {
+            let Some(only) = ranges.first() else {
                 return;
+            };
+            let through = MessageRef {
+                position: only.position,
+                index: only.last,
             };
             self.pending.ack_through(through);
             let mark_delete = if self.pending.contains(through.position) {
@@ -567,8 +567,8 @@ impl SubscriptionTask {
             }
             return;
         }
-        for message in messages {
-            if let Some(position) = self.pending.ack(message) {
+        for range in ranges {
+            if let Some(position) = self.pending.ack_range(range) {
                 self.ack_entry(position);
             }
         }
