@@ -12,6 +12,12 @@ mod standalone;
 
 use clap::{Parser, Subcommand};
 
+// Every role moves many small buffers between threads (messages, entries, protocol frames).
+// glibc's allocator serialises such frees on its arena locks and spends time consolidating;
+// mimalloc keeps per-thread heaps.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "magnetar",
