@@ -26,6 +26,7 @@ use crate::connection::{partition_names, Backoff, Client};
 use crate::error::{ClientError, Result};
 use crate::message::{MessageId, OutgoingMessage, ReceivedMessage};
 use crate::producer::Producer;
+use crate::unpack::{EntryMessages, UnpackError};
 
 /// How a subscription shares messages among its consumers (Pulsar's four types).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -477,6 +478,12 @@ const MAX_ACKS_PER_REQUEST: usize = 4096;
 /// The most commands the task handles before it looks at the broker's responses again.
 const COMMANDS_PER_WAKE: usize = 64;
 
+/// An entry no broker wrote (the broker checks an entry's framing before it sends it): what
+/// cannot be unpacked of it is not delivered.
+fn unpack_failed(topic: &str, (ledger_id, entry_id): (u64, i64), error: &UnpackError) {
+    warn!(topic, ledger_id, entry_id, %error, "dropping what cannot be unpacked of a delivered entry");
+}
+
 /// Individual acknowledgements as runs of consecutive messages of one entry: an application
 /// acknowledging in order sends one range per entry instead of an id per message.
 fn ack_ranges(ids: &[MessageId]) -> Vec<AckRange> {
@@ -678,63 +685,68 @@ impl PartitionTask {
         match kind {
             consume_response::Kind::Deliveries(deliveries) => {
                 let generation = self.generations[self.slot].load(Ordering::Acquire);
-                let messages = deliveries.entries.into_iter().flat_map(|entry| {
+                for entry in deliveries.entries {
                     let position = (entry.ledger_id, entry.entry_id);
-                    ReceivedMessage::unpack(entry, &self.topic_name, self.partition).unwrap_or_else(
-                        |error| {
-                            // The broker checks an entry's framing before it sends it; this is
-                            // an entry no broker wrote. It cannot be delivered, so it is left.
-                            warn!(topic = %self.topic, ledger = position.0, entry = position.1,
-                                %error, "dropping a delivered entry that cannot be unpacked");
-                            Vec::new()
-                        },
-                    )
-                });
-                for message in messages.collect::<Vec<_>>() {
-                    if let Some((from, inclusive)) = self.skip_before {
-                        // The broker sends whole entries: a start or seek inside a batch skips
-                        // the batch's earlier messages (acknowledging them for a subscription,
-                        // so the entry can complete).
-                        let key = (
-                            message.id.ledger_id,
-                            message.id.entry_id,
-                            message.id.batch_index,
-                        );
-                        let from = (from.ledger_id, from.entry_id, from.batch_index);
-                        if key < from || (key == from && !inclusive) {
-                            if !self.settings.non_durable {
-                                let _ = connection
-                                    .requests
-                                    .send(consume_request(consume_request::Kind::Ack(Ack {
-                                        message_ids: vec![message.id.to_wire()],
-                                        ..Ack::default()
-                                    })))
-                                    .await;
+                    let messages = EntryMessages::new(entry, &self.topic_name, self.partition);
+                    let mut messages = match messages {
+                        Ok(messages) => messages,
+                        Err(error) => {
+                            unpack_failed(&self.topic, position, &error);
+                            continue;
+                        }
+                    };
+                    while let Some(message) = messages.next() {
+                        let message = match message {
+                            Ok(message) => message,
+                            Err(error) => {
+                                unpack_failed(&self.topic, position, &error);
+                                break;
                             }
+                        };
+                        if let Some((from, inclusive)) = self.skip_before {
+                            // The broker sends whole entries: a start or seek inside a batch skips
+                            // the batch's earlier messages (acknowledging them for a subscription,
+                            // so the entry can complete).
+                            let key = (
+                                message.id.ledger_id,
+                                message.id.entry_id,
+                                message.id.batch_index,
+                            );
+                            let from = (from.ledger_id, from.entry_id, from.batch_index);
+                            if key < from || (key == from && !inclusive) {
+                                if !self.settings.non_durable {
+                                    let _ = connection
+                                        .requests
+                                        .send(consume_request(consume_request::Kind::Ack(Ack {
+                                            message_ids: vec![message.id.to_wire()],
+                                            ..Ack::default()
+                                        })))
+                                        .await;
+                                }
+                                self.taken.fetch_add(1, Ordering::Relaxed);
+                                continue;
+                            }
+                        }
+                        let exhausted = self.settings.dead_letter.as_ref().is_some_and(|policy| {
+                            message.redelivery_count >= policy.max_redeliveries
+                        });
+                        if exhausted && self.dead_letter(&message).await.is_ok() {
+                            let _ = connection
+                                .requests
+                                .send(consume_request(consume_request::Kind::Ack(Ack {
+                                    message_ids: vec![message.id.to_wire()],
+                                    ..Ack::default()
+                                })))
+                                .await;
                             self.taken.fetch_add(1, Ordering::Relaxed);
                             continue;
                         }
-                    }
-                    let exhausted =
-                        self.settings.dead_letter.as_ref().is_some_and(|policy| {
-                            message.redelivery_count >= policy.max_redeliveries
-                        });
-                    if exhausted && self.dead_letter(&message).await.is_ok() {
-                        let _ = connection
-                            .requests
-                            .send(consume_request(consume_request::Kind::Ack(Ack {
-                                message_ids: vec![message.id.to_wire()],
-                                ..Ack::default()
-                            })))
-                            .await;
-                        self.taken.fetch_add(1, Ordering::Relaxed);
-                        continue;
-                    }
-                    if self.settings.ack_timeout.is_some() {
-                        self.unacked.insert(message.id, Instant::now());
-                    }
-                    if self.deliver.send(Ok((generation, message))).is_err() {
-                        return true;
+                        if self.settings.ack_timeout.is_some() {
+                            self.unacked.insert(message.id, Instant::now());
+                        }
+                        if self.deliver.send(Ok((generation, message))).is_err() {
+                            return true;
+                        }
                     }
                 }
                 // Messages skipped above took permits the application never sees.

@@ -40,12 +40,14 @@
 //! - [`consumer`]: [`Consumer`], [`Reader`] and their builders.
 //! - [`message`]: [`OutgoingMessage`], [`ReceivedMessage`], [`MessageId`].
 //! - [`error`]: [`ClientError`] with the broker's stable codes.
+//! - `unpack`: a delivered entry (a stored batch) decoded message by message.
 
 pub mod connection;
 pub mod consumer;
 pub mod error;
 pub mod message;
 pub mod producer;
+mod unpack;
 
 pub use connection::Client;
 pub use consumer::{
