@@ -9,6 +9,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
+use std::sync::PoisonError;
 use std::time::Duration;
 
 use magnetar_proto::broker::{
@@ -239,14 +240,24 @@ impl Reader {
 type Stamped = (u32, ReceivedMessage);
 
 enum Command {
-    /// One message (with `true`: and every earlier one).
-    Ack(MessageId, bool),
+    /// This message and every earlier one.
+    AckCumulative(MessageId),
     Nack(MessageId),
     Seek(seek::Target, oneshot::Sender<Result<()>>),
 }
 
+/// Individual acknowledgements waiting for the partition's task. An acknowledgement costs the
+/// application a push under an uncontended lock; the task is woken when the list stops being
+/// empty and sends what gathered as ranges.
+type AckQueue = Arc<std::sync::Mutex<Vec<MessageId>>>;
+
+fn take_acks(queue: &AckQueue) -> Vec<MessageId> {
+    std::mem::take(&mut *queue.lock().unwrap_or_else(PoisonError::into_inner))
+}
+
 struct PartitionHandle {
     commands: mpsc::Sender<Command>,
+    acks: AckQueue,
     taken: Arc<AtomicU32>,
     wake: Arc<Notify>,
     /// Taken messages that make it worth granting permits again.
@@ -282,6 +293,7 @@ impl Consumer {
         for (slot, (partition_topic, partition)) in topics.into_iter().enumerate() {
             let taken = Arc::new(AtomicU32::new(0));
             let wake = Arc::new(Notify::new());
+            let acks = AckQueue::default();
             let (commands, inbox) = mpsc::channel(1024);
             let mut task = PartitionTask {
                 client: client.clone(),
@@ -294,6 +306,7 @@ impl Consumer {
                 deliver: deliver.clone(),
                 taken: taken.clone(),
                 wake: wake.clone(),
+                acks: acks.clone(),
                 granted_since: 0,
                 nacked: Vec::new(),
                 unacked: HashMap::new(),
@@ -310,6 +323,7 @@ impl Consumer {
             tokio::spawn(task.run(connection, inbox));
             handles.push(PartitionHandle {
                 commands,
+                acks,
                 taken,
                 wake,
                 permit_batch: permit_batch(&settings),
@@ -387,8 +401,22 @@ impl Consumer {
     }
 
     pub async fn ack_id(&self, id: MessageId) -> Result<()> {
-        self.command(self.slot_of(&id), Command::Ack(id, false))
-            .await
+        let partition = &self.partitions[self.slot_of(&id)];
+        if partition.commands.is_closed() {
+            return Err(ClientError::Closed);
+        }
+        let first = {
+            let mut acks = partition
+                .acks
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            acks.push(id);
+            acks.len() == 1
+        };
+        if first {
+            partition.wake.notify_one();
+        }
+        Ok(())
     }
 
     /// Acknowledges this message and every earlier one (Exclusive and Failover only).
@@ -402,8 +430,11 @@ impl Consumer {
                 message: "cumulative acknowledgement is not allowed on Shared or Key_Shared subscriptions; acknowledge each message".into(),
             });
         }
-        self.command(self.slot_of(&message.id), Command::Ack(message.id, true))
-            .await
+        self.command(
+            self.slot_of(&message.id),
+            Command::AckCumulative(message.id),
+        )
+        .await
     }
 
     /// The message is delivered again after the negative-ack delay.
@@ -450,6 +481,7 @@ struct PartitionTask {
     deliver: mpsc::UnboundedSender<Result<Stamped>>,
     taken: Arc<AtomicU32>,
     wake: Arc<Notify>,
+    acks: AckQueue,
     /// Messages taken by the application since permits were last granted.
     granted_since: u32,
     nacked: Vec<(Instant, MessageId)>,
@@ -639,9 +671,15 @@ impl PartitionTask {
                 },
                 command = inbox.recv() => match command {
                     Some(command) => !self.commands(command, &mut inbox, &connection).await,
-                    None => return,
+                    None => {
+                        // The consumer was dropped or closed: what it acknowledged still goes.
+                        self.send_acks(&connection).await;
+                        return;
+                    }
                 },
-                _ = wake.notified() => !self.grant_permits(&connection).await,
+                _ = wake.notified() => {
+                    !(self.send_acks(&connection).await && self.grant_permits(&connection).await)
+                }
                 _ = tokio::time::sleep_until(timer.unwrap_or_else(Instant::now)), if timer.is_some() => {
                     !self.redeliver_due(&connection).await
                 }
@@ -815,34 +853,26 @@ impl PartitionTask {
         producer.send(outgoing).await.map(|_| ())
     }
 
-    /// Handles `first` and whatever else is queued now. Acknowledgements queued one after
-    /// another go out as one request: at high rates a request per message would cost the
-    /// client and the broker more than the messages themselves.
+    /// Handles `first` and whatever else is queued now, after the acknowledgements made before
+    /// them. Cumulative acknowledgements queued one after another go out as the latest one.
     async fn commands(
         &mut self,
         first: Command,
         inbox: &mut mpsc::Receiver<Command>,
         connection: &Connection,
     ) -> bool {
+        if !self.send_acks(connection).await {
+            return false;
+        }
         let mut next = Some(first);
         let mut handled = 0;
         while let Some(command) = next.take() {
             handled += 1;
             let ok = match command {
-                Command::Ack(id, cumulative) => {
-                    let mut ids = vec![id];
-                    while ids.len() < MAX_ACKS_PER_REQUEST {
+                Command::AckCumulative(mut through) => {
+                    loop {
                         match inbox.try_recv() {
-                            Ok(Command::Ack(more, more_cumulative))
-                                if more_cumulative == cumulative =>
-                            {
-                                if cumulative {
-                                    // Only the latest cumulative acknowledgement matters.
-                                    ids[0] = more;
-                                } else {
-                                    ids.push(more);
-                                }
-                            }
+                            Ok(Command::AckCumulative(later)) => through = later,
                             Ok(other) => {
                                 next = Some(other);
                                 break;
@@ -850,7 +880,7 @@ impl PartitionTask {
                             Err(_) => break,
                         }
                     }
-                    self.acknowledge(ids, cumulative, connection).await
+                    self.acknowledge(vec![through], true, connection).await
                 }
                 other => self.command(other, connection).await,
             };
@@ -860,6 +890,17 @@ impl PartitionTask {
             // Bounded, so a busy application does not keep responses waiting.
             if next.is_none() && handled < COMMANDS_PER_WAKE {
                 next = inbox.try_recv().ok();
+            }
+        }
+        true
+    }
+
+    /// Sends the individual acknowledgements queued since the last call.
+    async fn send_acks(&mut self, connection: &Connection) -> bool {
+        let ids = take_acks(&self.acks);
+        for chunk in ids.chunks(MAX_ACKS_PER_REQUEST) {
+            if !self.acknowledge(chunk.to_vec(), false, connection).await {
+                return false;
             }
         }
         true
@@ -904,8 +945,8 @@ impl PartitionTask {
 
     async fn command(&mut self, command: Command, connection: &Connection) -> bool {
         let request = match command {
-            Command::Ack(id, cumulative) => {
-                return self.acknowledge(vec![id], cumulative, connection).await;
+            Command::AckCumulative(through) => {
+                return self.acknowledge(vec![through], true, connection).await;
             }
             Command::Nack(id) => {
                 self.unacked.remove(&id);
