@@ -505,6 +505,9 @@ fn permit_batch(settings: &Settings) -> u32 {
     (settings.receiver_queue / 2).max(1)
 }
 
+/// How long a consumer that is gone waits for the broker to end its stream.
+const FINISH_WAIT: Duration = Duration::from_secs(5);
+
 /// The most message ids one acknowledgement request carries.
 const MAX_ACKS_PER_REQUEST: usize = 4096;
 /// The most commands the task handles before it looks at the broker's responses again.
@@ -672,8 +675,7 @@ impl PartitionTask {
                 command = inbox.recv() => match command {
                     Some(command) => !self.commands(command, &mut inbox, &connection).await,
                     None => {
-                        // The consumer was dropped or closed: what it acknowledged still goes.
-                        self.send_acks(&connection).await;
+                        self.finish(connection).await;
                         return;
                     }
                 },
@@ -685,6 +687,9 @@ impl PartitionTask {
                 }
             };
             if self.deliver.is_closed() {
+                if !broken {
+                    self.finish(connection).await;
+                }
                 return;
             }
             if broken {
@@ -726,14 +731,14 @@ impl PartitionTask {
                 for entry in deliveries.entries {
                     let position = (entry.ledger_id, entry.entry_id);
                     let messages = EntryMessages::new(entry, &self.topic_name, self.partition);
-                    let mut messages = match messages {
+                    let messages = match messages {
                         Ok(messages) => messages,
                         Err(error) => {
                             unpack_failed(&self.topic, position, &error);
                             continue;
                         }
                     };
-                    while let Some(message) = messages.next() {
+                    for message in messages {
                         let message = match message {
                             Ok(message) => message,
                             Err(error) => {
@@ -893,6 +898,20 @@ impl PartitionTask {
             }
         }
         true
+    }
+
+    /// The consumer is gone: sends what it acknowledged, ends the stream, and waits for the
+    /// broker to end its side. Dropping the stream instead would cancel it, and the broker
+    /// could lose the last acknowledgements and redeliver what was acknowledged.
+    async fn finish(&mut self, connection: Connection) {
+        self.send_acks(&connection).await;
+        let Connection {
+            requests,
+            mut responses,
+        } = connection;
+        drop(requests);
+        let drained = async { while let Ok(Some(_)) = responses.message().await {} };
+        let _ = tokio::time::timeout(FINISH_WAIT, drained).await;
     }
 
     /// Sends the individual acknowledgements queued since the last call.

@@ -300,6 +300,62 @@ async fn nacks_redeliver_with_a_count_and_end_in_the_dead_letter_topic() -> Test
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn acks_made_just_before_a_consumer_leaves_hold_and_only_the_rest_of_a_batch_comes_back(
+) -> TestResult {
+    let cluster = Cluster::start(ClusterShape::default()).await?;
+    let client = Client::connect(&cluster.service_url(0)).await?;
+    let topic = "persistent://public/default/partly-acked";
+    let subscribe = || {
+        client
+            .consumer(topic, "sub")
+            .subscription_type(SubscriptionType::Shared)
+            .subscribe()
+    };
+    let first = subscribe().await?;
+    let ids = publish(&client, topic, 50, 5).await?;
+    let mut per_entry: HashMap<(u64, i64), usize> = HashMap::new();
+    for id in &ids {
+        *per_entry.entry((id.ledger_id, id.entry_id)).or_default() += 1;
+    }
+    assert!(
+        per_entry.values().any(|&count| count > 1),
+        "the sends were batched, so an ack can cover part of an entry"
+    );
+
+    // Ack the first 30 one by one and leave at once: every one of those acks must reach the
+    // broker, and the other 20 (out at this consumer) come back without the acked ones.
+    for expected in 0..30 {
+        let message = receive(&first).await?;
+        assert_eq!(index_of(&message), expected);
+        first.ack(&message).await?;
+    }
+    drop(first);
+
+    let second = subscribe().await?;
+    let mut redelivered = Vec::new();
+    for _ in 30..50 {
+        let message = receive(&second).await?;
+        assert_eq!(
+            message.redelivery_count, 1,
+            "{} was out at the first consumer",
+            message.id
+        );
+        redelivered.push(index_of(&message));
+        second.ack(&message).await?;
+    }
+    redelivered.sort_unstable();
+    assert_eq!(redelivered, (30..50).collect::<Vec<_>>());
+    assert!(
+        second
+            .receive_timeout(Duration::from_millis(300))
+            .await?
+            .is_none(),
+        "an acknowledged message came back"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn readers_start_anywhere_and_seek() -> TestResult {
     let cluster = Cluster::start(ClusterShape::default()).await?;
     let client = Client::connect(&cluster.service_url(0)).await?;

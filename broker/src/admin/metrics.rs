@@ -195,7 +195,7 @@ pub fn render(topics: &[TopicSample]) -> String {
         ),
         (
             "magnetar_broker_throughput_out_bytes_per_second",
-            "Payload bytes dispatched per second, over the last second.",
+            "Bytes dispatched per second (stored batches), over the last second.",
             Box::new(|t| t.rates.rate_out_bytes_per_sec),
         ),
         (
@@ -242,7 +242,7 @@ pub fn render(topics: &[TopicSample]) -> String {
         (
             "magnetar_topic_bytes_out_total",
             "counter",
-            "Payload bytes dispatched to consumers.",
+            "Bytes dispatched to consumers (stored batches, as published), redeliveries included.",
             |t| t.totals.bytes_out as f64,
         ),
         (
@@ -266,7 +266,7 @@ pub fn render(topics: &[TopicSample]) -> String {
         (
             "magnetar_topic_throughput_out_bytes_per_second",
             "gauge",
-            "Payload bytes dispatched per second, over the last second.",
+            "Bytes dispatched per second (stored batches), over the last second.",
             |t| t.rates.rate_out_bytes_per_sec,
         ),
         (

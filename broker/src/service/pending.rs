@@ -318,19 +318,17 @@ impl Pending {
             .map(|(&position, _)| position)
             .collect();
         for position in positions {
-            let last_index = if position == through.position {
-                through.index as usize
+            let last = if position == through.position {
+                through.index
             } else {
-                usize::MAX
+                u32::MAX
             };
-            let count = self.entries[&position].states.len();
-            for index in 0..count.min(last_index.saturating_add(1)) {
-                if let Some(entry_done) = self.ack(MessageRef {
-                    position,
-                    index: index as u32,
-                }) {
-                    done.push(entry_done);
-                }
+            if let Some(entry_done) = self.ack_range(IndexRange {
+                position,
+                first: 0,
+                last,
+            }) {
+                done.push(entry_done);
             }
         }
         done

@@ -165,7 +165,7 @@ pub struct TopicCounters {
     pub messages_in: AtomicU64,
     pub bytes_in: AtomicU64,
     pub entries_in: AtomicU64,
-    /// Messages and payload bytes handed to consumers (redeliveries included).
+    /// Messages, and bytes of stored batches, handed to consumers (redeliveries included).
     pub messages_out: AtomicU64,
     pub bytes_out: AtomicU64,
     /// From a send's arrival to its receipt, for sends that were stored.
