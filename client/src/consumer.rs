@@ -757,16 +757,7 @@ impl PartitionTask {
                             );
                             let from = (from.ledger_id, from.entry_id, from.batch_index);
                             if key < from || (key == from && !inclusive) {
-                                if !self.settings.non_durable {
-                                    let _ = connection
-                                        .requests
-                                        .send(consume_request(consume_request::Kind::Ack(Ack {
-                                            message_ids: vec![message.id.to_wire()],
-                                            ..Ack::default()
-                                        })))
-                                        .await;
-                                }
-                                self.taken.fetch_add(1, Ordering::Relaxed);
+                                self.take_unseen(message.id, connection).await;
                                 continue;
                             }
                         }
@@ -774,14 +765,7 @@ impl PartitionTask {
                             message.redelivery_count >= policy.max_redeliveries
                         });
                         if exhausted && self.dead_letter(&message).await.is_ok() {
-                            let _ = connection
-                                .requests
-                                .send(consume_request(consume_request::Kind::Ack(Ack {
-                                    message_ids: vec![message.id.to_wire()],
-                                    ..Ack::default()
-                                })))
-                                .await;
-                            self.taken.fetch_add(1, Ordering::Relaxed);
+                            self.take_unseen(message.id, connection).await;
                             continue;
                         }
                         if self.settings.ack_timeout.is_some() {
@@ -831,6 +815,21 @@ impl PartitionTask {
             }
             consume_response::Kind::Subscribed(_) => true,
         }
+    }
+
+    /// A message the application never sees (before a start or seek position, or moved to the
+    /// dead-letter topic): acknowledged for a subscription, and its permit counted as taken.
+    async fn take_unseen(&mut self, id: MessageId, connection: &Connection) {
+        if !self.settings.non_durable {
+            let _ = connection
+                .requests
+                .send(consume_request(consume_request::Kind::Ack(Ack {
+                    message_ids: vec![id.to_wire()],
+                    ..Ack::default()
+                })))
+                .await;
+        }
+        self.taken.fetch_add(1, Ordering::Relaxed);
     }
 
     async fn dead_letter(&mut self, message: &ReceivedMessage) -> Result<()> {
