@@ -511,10 +511,7 @@ async fn serve_consumer(
                     )),
                     consume_request::Kind::Flow(flow) => subscription.flow(consumer_id, flow.permits).await,
                     consume_request::Kind::Ack(ack) => {
-                        let ranges = ack.message_ids.iter().map(|id| {
-                            let message = message_ref(id);
-                            IndexRange { position: message.position, first: message.index, last: message.index }
-                        });
+                        let ranges = ack.message_ids.iter().map(|id| IndexRange::from(message_ref(id)));
                         let ranges = ranges.chain(ack.ranges.iter().map(|range| IndexRange {
                             position: Position::new(range.ledger_id, range.entry_id),
                             first: range.first_index,

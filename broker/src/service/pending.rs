@@ -30,6 +30,16 @@ pub struct IndexRange {
     pub last: u32,
 }
 
+impl From<MessageRef> for IndexRange {
+    fn from(message: MessageRef) -> Self {
+        Self {
+            position: message.position,
+            first: message.index,
+            last: message.index,
+        }
+    }
+}
+
 /// Messages of one entry handed to one consumer by [`Pending::dispatch`].
 #[derive(Debug, Clone)]
 pub struct Assigned {
@@ -62,14 +72,12 @@ struct Entry {
 struct Handout {
     indexes: Vec<u32>,
     redelivery_counts: Vec<u32>,
-    any_redelivered: bool,
 }
 
 impl Handout {
     fn push(&mut self, index: u32, redelivery_count: u32) {
         self.indexes.push(index);
         self.redelivery_counts.push(redelivery_count);
-        self.any_redelivered |= redelivery_count > 0;
     }
 
     fn into_assigned(self, consumer: u64, position: Position, entry: &Entry) -> Assigned {
@@ -80,7 +88,7 @@ impl Handout {
             position,
             batch: entry.batch.clone(),
             indexes: (!whole).then_some(self.indexes),
-            redelivery_counts: if self.any_redelivered {
+            redelivery_counts: if self.redelivery_counts.iter().any(|&count| count > 0) {
                 self.redelivery_counts
             } else {
                 Vec::new()
@@ -157,13 +165,6 @@ impl Pending {
         self.holds.remove(&consumer);
     }
 
-    fn redelivery_count(&self, message: MessageRef) -> u32 {
-        if self.redeliveries.is_empty() {
-            return 0;
-        }
-        self.redeliveries.get(&message).copied().unwrap_or(0)
-    }
-
     /// Hands waiting messages to consumers with permits, in position order. Outside
     /// Key_Shared an entry's waiting messages go together to one consumer; under Key_Shared
     /// each message goes to its key's consumer, and waits while that consumer has no permits
@@ -179,90 +180,68 @@ impl Pending {
             if !dispatcher.any_permits() {
                 break;
             }
-            let Some(entry) = self.entries.get(&position) else {
+            let Some(entry) = self.entries.get_mut(&position) else {
                 self.waiting.remove(&position);
                 continue;
             };
-            let mut still_waiting = false;
+            let waiting = entry
+                .states
+                .iter()
+                .enumerate()
+                .filter(|(_, &state)| state == WAITING)
+                .map(|(index, _)| index as u32);
             let mut handouts: Vec<(u64, Handout)> = Vec::new();
-            let mut picked_for_whole_entry = None;
-            for (index, &state) in entry.states.iter().enumerate() {
-                if state != WAITING {
-                    continue;
-                }
-                let consumer = if key_shared {
-                    let hash = entry.key_hashes.get(index).copied().unwrap_or(0);
-                    match dispatcher.pick(Some(hash)) {
+            let mut still_waiting = false;
+            if key_shared {
+                for index in waiting {
+                    let hash = entry.key_hashes.get(index as usize).copied().unwrap_or(0);
+                    let consumer = match dispatcher.pick(Some(hash)) {
                         Some(consumer)
                             if self
                                 .holds
                                 .get(&consumer)
-                                .is_some_and(|mark| position > *mark) =>
+                                .is_none_or(|mark| position <= *mark) =>
                         {
-                            still_waiting = true;
-                            continue;
-                        }
-                        Some(consumer) => {
-                            dispatcher.sent(consumer);
                             consumer
                         }
-                        None => {
+                        _ => {
                             still_waiting = true;
                             continue;
                         }
-                    }
-                } else {
-                    // One pick for the entry: its waiting messages go together.
-                    match picked_for_whole_entry {
-                        Some(consumer) => consumer,
-                        None => match dispatcher.pick(None) {
-                            Some(consumer) => {
-                                picked_for_whole_entry = Some(consumer);
-                                consumer
-                            }
-                            None => {
-                                still_waiting = true;
-                                break;
-                            }
-                        },
-                    }
-                };
-                let message = MessageRef {
-                    position,
-                    index: index as u32,
-                };
-                let redelivery_count = self.redelivery_count(message);
-                match handouts.iter_mut().find(|(holder, _)| *holder == consumer) {
-                    Some((_, handout)) => handout.push(index as u32, redelivery_count),
-                    None => {
-                        let mut handout = Handout::default();
-                        handout.push(index as u32, redelivery_count);
-                        handouts.push((consumer, handout));
+                    };
+                    dispatcher.sent(consumer);
+                    let count = redelivery_count(&self.redeliveries, position, index);
+                    match handouts.iter_mut().find(|(holder, _)| *holder == consumer) {
+                        Some((_, handout)) => handout.push(index, count),
+                        None => {
+                            let mut handout = Handout::default();
+                            handout.push(index, count);
+                            handouts.push((consumer, handout));
+                        }
                     }
                 }
+            } else {
+                // An entry's waiting messages go together to one consumer.
+                let Some(consumer) = dispatcher.pick(None) else {
+                    break;
+                };
+                let mut handout = Handout::default();
+                for index in waiting {
+                    handout.push(index, redelivery_count(&self.redeliveries, position, index));
+                }
+                dispatcher.sent_many(consumer, handout.indexes.len() as u32);
+                handouts.push((consumer, handout));
             }
-            let entry = self
-                .entries
-                .get_mut(&position)
-                .expect("the entry was found above");
             for (consumer, handout) in handouts {
                 for &index in &handout.indexes {
                     entry.states[index as usize] = consumer;
                 }
-                let count = handout.indexes.len();
-                if !key_shared {
-                    dispatcher.sent_many(consumer, count as u32);
-                }
-                self.outstanding += count;
-                self.waiting_messages -= count;
+                self.outstanding += handout.indexes.len();
+                self.waiting_messages -= handout.indexes.len();
                 assigned.push(handout.into_assigned(consumer, position, entry));
             }
             if !still_waiting {
                 self.waiting.remove(&position);
-            }
-            if picked_for_whole_entry.is_none() && !key_shared && still_waiting {
-                // No consumer can take anything now.
-                break;
             }
         }
         assigned
@@ -271,11 +250,7 @@ impl Pending {
     /// Marks a message acknowledged. Returns the entry's position when that was its last
     /// unacknowledged message (the cursor may now acknowledge the entry).
     pub fn ack(&mut self, message: MessageRef) -> Option<Position> {
-        self.ack_range(IndexRange {
-            position: message.position,
-            first: message.index,
-            last: message.index,
-        })
+        self.ack_range(message.into())
     }
 
     /// Marks the messages `first..=last` of one entry acknowledged (indexes past the batch
@@ -385,6 +360,22 @@ impl Pending {
     pub fn last_position(&self) -> Option<Position> {
         self.entries.keys().next_back().copied()
     }
+}
+
+/// How many times a message was delivered before; most subscriptions have no redeliveries,
+/// and then no lookup is made.
+fn redelivery_count(
+    redeliveries: &HashMap<MessageRef, u32>,
+    position: Position,
+    index: u32,
+) -> u32 {
+    if redeliveries.is_empty() {
+        return 0;
+    }
+    redeliveries
+        .get(&MessageRef { position, index })
+        .copied()
+        .unwrap_or(0)
 }
 
 #[cfg(test)]

@@ -367,6 +367,8 @@ impl SubscriptionTask {
                 self.retry_read_at = Some(tokio::time::Instant::now() + Duration::from_millis(1));
                 return;
             }
+            // Only Key_Shared needs each message's key.
+            let key_shared = self.dispatcher.kind() == SubscriptionType::KeyShared;
             for entry in entries {
                 self.last_read = entry.position;
                 if self
@@ -376,7 +378,6 @@ impl SubscriptionTask {
                 {
                     continue;
                 }
-                let key_shared = self.dispatcher.kind() == SubscriptionType::KeyShared;
                 match ReadBatch::parse(entry.payload, key_shared) {
                     Ok(batch) => {
                         if !self.pending.add(entry.position, batch) {
