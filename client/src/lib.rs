@@ -40,7 +40,8 @@
 //! - [`consumer`]: [`Consumer`], [`Reader`] and their builders.
 //! - [`message`]: [`OutgoingMessage`], [`ReceivedMessage`], [`MessageId`].
 //! - [`error`]: [`ClientError`] with the broker's stable codes.
-//! - `unpack`: a delivered entry (a stored batch) decoded message by message.
+//! - `unpack`: a delivered entry (a stored batch) decoded message by message, over the
+//!   proto crate's `stored_batch::MessageRecords`.
 
 pub mod connection;
 pub mod consumer;

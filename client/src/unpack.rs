@@ -5,35 +5,25 @@
 
 use std::sync::Arc;
 
-use bytes::{Buf, Bytes};
 use magnetar_proto::broker::{self, EntryDelivery, StoredBatchHeader};
-use magnetar_proto::prost::encoding::{
-    decode_key, decode_varint, skip_field, DecodeContext, WireType,
-};
 use magnetar_proto::prost::{DecodeError, Message as _};
+use magnetar_proto::stored_batch::MessageRecords;
 
 use crate::message::{MessageId, ReceivedMessage};
-
-/// `StoredBatch.messages`' field number.
-const MESSAGES_FIELD: u32 = 4;
 
 /// Why a delivered entry could not be unpacked.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum UnpackError {
     #[error("the entry is not a message batch: {0}")]
     Decode(#[from] DecodeError),
-    #[error("a message runs past the end of its batch")]
-    Truncated,
-    #[error("index {index} is not in the batch, or not in ascending order (the batch has {message_count} messages)")]
-    NotInBatch { index: u32, message_count: u32 },
+    #[error("index {index} is not in the batch, or not in ascending order")]
+    NotInBatch { index: u32 },
 }
 
 /// The messages of one delivered entry, in index order. After an error it ends.
 pub(crate) struct EntryMessages {
-    /// The batch's fields not read yet.
-    rest: Bytes,
-    /// Index of the next message record in `rest`.
-    next_index: u32,
+    /// The batch's message records not read yet, with their indexes.
+    records: std::iter::Enumerate<MessageRecords>,
     /// The indexes delivered; `None` for all of them.
     indexes: Option<Vec<u32>>,
     redelivery_counts: Vec<u32>,
@@ -57,8 +47,7 @@ impl EntryMessages {
     ) -> Result<Self, UnpackError> {
         let header = StoredBatchHeader::decode(entry.batch.clone())?;
         Ok(Self {
-            rest: entry.batch,
-            next_index: 0,
+            records: MessageRecords::new(entry.batch).enumerate(),
             indexes: (!entry.indexes.is_empty()).then_some(entry.indexes),
             redelivery_counts: entry.redelivery_counts,
             delivered: 0,
@@ -71,26 +60,6 @@ impl EntryMessages {
             first_sequence_id: header.first_sequence_id,
             publish_time_ms: header.publish_time_ms,
         })
-    }
-
-    /// The next message record of the batch with its index, skipping other fields; `None` at
-    /// the end.
-    fn next_record(&mut self) -> Result<Option<(u32, Bytes)>, UnpackError> {
-        while self.rest.has_remaining() {
-            let (tag, wire_type) = decode_key(&mut self.rest)?;
-            if tag == MESSAGES_FIELD && wire_type == WireType::LengthDelimited {
-                let length = decode_varint(&mut self.rest)?;
-                if length > self.rest.remaining() as u64 {
-                    return Err(UnpackError::Truncated);
-                }
-                let record = self.rest.split_to(length as usize);
-                let index = self.next_index;
-                self.next_index += 1;
-                return Ok(Some((index, record)));
-            }
-            skip_field(wire_type, tag, &mut self.rest, DecodeContext::default())?;
-        }
-        Ok(None)
     }
 
     fn message(&self, index: u32, message: broker::Message) -> ReceivedMessage {
@@ -135,18 +104,15 @@ impl Iterator for EntryMessages {
             Some(indexes) => Some(*indexes.get(self.delivered)?),
         };
         loop {
-            let (index, record) = match self.next_record() {
-                Ok(Some(found)) => found,
-                Ok(None) => {
+            let (index, record) = match self.records.next() {
+                Some((index, Ok(record))) => (index as u32, record),
+                None => {
                     return match wanted {
                         None => None,
-                        Some(index) => self.fail(UnpackError::NotInBatch {
-                            index,
-                            message_count: self.next_index,
-                        }),
+                        Some(index) => self.fail(UnpackError::NotInBatch { index }),
                     }
                 }
-                Err(error) => return self.fail(error),
+                Some((_, Err(error))) => return self.fail(error.into()),
             };
             if wanted.is_some_and(|wanted| wanted != index) {
                 continue;
@@ -166,6 +132,7 @@ impl Iterator for EntryMessages {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use bytes::Bytes;
 
     fn stored(keys: &[&str]) -> Bytes {
         broker::StoredBatch {

@@ -8,6 +8,7 @@
 //! - [`meta`]: the metadata store's client and peer services, and its internal records.
 //! - [`broker`]: the client protocol: lookup, producers, consumers and readers, and the
 //!   stored form of a topic's entries.
+//! - [`stored_batch`]: the message records of a stored batch, walked without decoding them.
 //!
 //! Byte fields are generated as [`bytes::Bytes`](prost::bytes::Bytes) so payloads move through
 //! the servers without copies.
@@ -26,6 +27,8 @@ pub mod meta {
 pub mod broker {
     tonic::include_proto!("magnetar.broker");
 }
+
+pub mod stored_batch;
 
 pub use prost;
 pub use tonic;

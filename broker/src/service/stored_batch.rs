@@ -5,13 +5,10 @@
 
 use bytes::Bytes;
 use magnetar_proto::broker::StoredBatch;
-use magnetar_proto::prost::encoding::{decode_key, skip_field, DecodeContext, WireType};
 use magnetar_proto::prost::{DecodeError, Message as _};
+use magnetar_proto::stored_batch::MessageRecords;
 
 use crate::dispatch::key_hash;
-
-/// `StoredBatch.messages`' field number.
-const MESSAGES_FIELD: u32 = 4;
 
 /// An entry as a subscription keeps it until every message of it is acknowledged.
 #[derive(Debug, Clone)]
@@ -50,16 +47,8 @@ impl ReadBatch {
 
 /// How many messages an encoded `StoredBatch` holds, checking the wire format of every
 /// top-level field on the way.
-pub fn message_count(mut bytes: &[u8]) -> Result<u32, DecodeError> {
-    let mut count = 0u32;
-    while !bytes.is_empty() {
-        let (tag, wire_type) = decode_key(&mut bytes)?;
-        if tag == MESSAGES_FIELD && wire_type == WireType::LengthDelimited {
-            count += 1;
-        }
-        skip_field(wire_type, tag, &mut bytes, DecodeContext::default())?;
-    }
-    Ok(count)
+pub fn message_count(bytes: &Bytes) -> Result<u32, DecodeError> {
+    MessageRecords::new(bytes.clone()).try_fold(0, |count, record| record.map(|_| count + 1))
 }
 
 #[cfg(test)]
@@ -110,8 +99,8 @@ mod tests {
     fn malformed_bytes_are_refused() {
         let bytes = encoded(&[Some("a"), Some("b")]);
         let truncated = &bytes[..bytes.len() - 2];
-        assert!(message_count(truncated).is_err());
-        assert!(message_count(&[0xff, 0xff, 0xff]).is_err());
+        assert!(message_count(&Bytes::copy_from_slice(truncated)).is_err());
+        assert!(message_count(&Bytes::from_static(&[0xff, 0xff, 0xff])).is_err());
         assert!(ReadBatch::parse(Bytes::copy_from_slice(truncated), true).is_err());
     }
 }
