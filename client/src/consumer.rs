@@ -6,7 +6,7 @@
 //! queue the application receives from. The task grants the broker `receiver_queue` permits
 //! and grants more as the application takes messages.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::sync::PoisonError;
@@ -239,6 +239,9 @@ impl Reader {
 /// A message with the seek generation of its partition when it arrived.
 type Stamped = (u32, ReceivedMessage);
 
+/// Most deliveries `receive` takes off the channel at once.
+const RECEIVE_BATCH: usize = 256;
+
 enum Command {
     /// This message and every earlier one.
     AckCumulative(MessageId),
@@ -270,6 +273,9 @@ pub struct Consumer {
     kind: SubscriptionType,
     partitions: Vec<PartitionHandle>,
     received: Mutex<mpsc::UnboundedReceiver<Result<Stamped>>>,
+    /// Messages already taken off `received` and not yet handed out: `receive` takes up to
+    /// [`RECEIVE_BATCH`] at a time, so most calls are one uncontended lock and a pop.
+    ready: std::sync::Mutex<VecDeque<Result<Stamped>>>,
     /// Messages of a partition before a seek's completion are dropped: they carry an older
     /// generation.
     generations: Arc<Vec<AtomicU32>>,
@@ -334,6 +340,7 @@ impl Consumer {
             kind: settings.kind,
             partitions: handles,
             received: Mutex::new(received),
+            ready: std::sync::Mutex::new(VecDeque::new()),
             generations,
         })
     }
@@ -353,7 +360,10 @@ impl Consumer {
     /// The next message.
     pub async fn receive(&self) -> Result<ReceivedMessage> {
         loop {
-            let next = self.received.lock().await.recv().await;
+            let next = match self.take_ready() {
+                Some(next) => Some(next),
+                None => self.receive_more().await,
+            };
             match next {
                 Some(Ok((generation, message))) => {
                     if let Some(message) = self.accept(generation, message) {
@@ -364,6 +374,34 @@ impl Consumer {
                 None => return Err(ClientError::Closed),
             }
         }
+    }
+
+    fn take_ready(&self) -> Option<Result<Stamped>> {
+        self.ready
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .pop_front()
+    }
+
+    /// Waits for deliveries; returns the first and keeps the rest ready. Cancel-safe: nothing
+    /// is taken off the channel until the wait is over.
+    async fn receive_more(&self) -> Option<Result<Stamped>> {
+        let mut received = self.received.lock().await;
+        // Another caller may have filled `ready` while this one waited for the lock.
+        if let Some(next) = self.take_ready() {
+            return Some(next);
+        }
+        let mut batch = Vec::with_capacity(RECEIVE_BATCH);
+        if received.recv_many(&mut batch, RECEIVE_BATCH).await == 0 {
+            return None;
+        }
+        let mut batch = batch.into_iter();
+        let first = batch.next();
+        self.ready
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .extend(batch);
+        first
     }
 
     /// The next message, or `None` after `timeout`.

@@ -9,6 +9,7 @@ use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -16,7 +17,7 @@ use magnetar_proto::broker::{
     produce_request, produce_response, ErrorCode, Message, OpenProducer, ProduceRequest,
     ProduceResponse, SendBatch,
 };
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, Semaphore, TryAcquireError};
 use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Streaming;
@@ -141,8 +142,70 @@ enum Command {
 }
 
 struct PartitionHandle {
-    commands: mpsc::Sender<Command>,
+    commands: CommandSender,
     name: String,
+}
+
+/// Commands queued for a partition's task that a sender may add before it waits.
+const COMMAND_QUEUE_BOUND: usize = 1024;
+
+/// The sending side of a partition task's commands: an unbounded channel whose length a
+/// semaphore bounds. A sender takes a permit with one atomic operation when one is free, and
+/// the task gives permits back once per wake-up for every command it took; a bounded channel
+/// would give each back on its own, under a lock, on this per-message path.
+struct CommandSender {
+    commands: mpsc::UnboundedSender<Command>,
+    room: Arc<Semaphore>,
+}
+
+impl CommandSender {
+    async fn send(&self, command: Command) -> Result<()> {
+        let permit = match self.room.try_acquire() {
+            Ok(permit) => permit,
+            Err(TryAcquireError::NoPermits) => {
+                self.room.acquire().await.map_err(|_| ClientError::Closed)?
+            }
+            Err(TryAcquireError::Closed) => return Err(ClientError::Closed),
+        };
+        permit.forget();
+        self.commands.send(command).map_err(|_| ClientError::Closed)
+    }
+}
+
+/// The task's side of [`CommandSender`]. Dropping it wakes any sender waiting for room.
+struct CommandInbox {
+    commands: mpsc::UnboundedReceiver<Command>,
+    room: Arc<Semaphore>,
+}
+
+fn command_queue() -> (CommandSender, CommandInbox) {
+    let (commands, inbox) = mpsc::unbounded_channel();
+    let room = Arc::new(Semaphore::new(COMMAND_QUEUE_BOUND));
+    (
+        CommandSender {
+            commands,
+            room: room.clone(),
+        },
+        CommandInbox {
+            commands: inbox,
+            room,
+        },
+    )
+}
+
+impl CommandInbox {
+    /// Gives back the room of `taken` commands.
+    fn release(&self, taken: usize) {
+        if taken > 0 {
+            self.room.add_permits(taken);
+        }
+    }
+}
+
+impl Drop for CommandInbox {
+    fn drop(&mut self) {
+        self.room.close();
+    }
 }
 
 /// A producer on one topic (all its partitions); cheap to share behind an `Arc`.
@@ -200,8 +263,7 @@ impl Producer {
         self.partitions[partition]
             .commands
             .send(Command::Send(message, reply))
-            .await
-            .map_err(|_| ClientError::Closed)?;
+            .await?;
         Ok(SendReceipt { answer })
     }
 
@@ -209,11 +271,7 @@ impl Producer {
     pub async fn flush(&self) -> Result<()> {
         for partition in &self.partitions {
             let (reply, answer) = oneshot::channel();
-            partition
-                .commands
-                .send(Command::Flush(reply))
-                .await
-                .map_err(|_| ClientError::Closed)?;
+            partition.commands.send(Command::Flush(reply)).await?;
             answer.await.map_err(|_| ClientError::Closed)?;
         }
         Ok(())
@@ -284,7 +342,7 @@ impl PartitionTask {
         // The first connection's failure is the caller's to see.
         let connection = task.connect().await?;
         let name = task.name.clone().unwrap_or_default();
-        let (commands, inbox) = mpsc::channel(1024);
+        let (commands, inbox) = command_queue();
         tokio::spawn(task.run(connection, inbox));
         Ok(PartitionHandle { commands, name })
     }
@@ -378,24 +436,29 @@ impl PartitionTask {
         self.in_flight_messages = 0;
     }
 
-    async fn run(mut self, mut connection: Connection, mut inbox: mpsc::Receiver<Command>) {
+    async fn run(mut self, mut connection: Connection, mut inbox: CommandInbox) {
         let mut inbox_open = true;
         loop {
             let room = self.has_room();
             let deadline = self.batch_deadline;
             let mut broken = false;
             tokio::select! {
-                command = inbox.recv(), if inbox_open && room => match command {
+                command = inbox.commands.recv(), if inbox_open && room => match command {
                     Some(command) => {
                         broken |= !self.command(command, &connection).await;
+                        let mut taken = 1;
                         // Take whatever else is queued now, in one wake-up: at high rates
                         // this is most of a batch, and the select above runs once for it.
                         while !broken && self.has_room() {
-                            match inbox.try_recv() {
-                                Ok(command) => broken |= !self.command(command, &connection).await,
+                            match inbox.commands.try_recv() {
+                                Ok(command) => {
+                                    taken += 1;
+                                    broken |= !self.command(command, &connection).await;
+                                }
                                 Err(_) => break,
                             }
                         }
+                        inbox.release(taken);
                         if !broken && self.batch_due() {
                             broken |= !self.send_batch(&connection).await;
                         }

@@ -356,6 +356,48 @@ async fn acks_made_just_before_a_consumer_leaves_hold_and_only_the_rest_of_a_bat
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_producer_out_of_room_holds_its_senders_and_loses_nothing() -> TestResult {
+    let cluster = Cluster::start(ClusterShape::default()).await?;
+    let client = Client::connect(&cluster.service_url(0)).await?;
+    let topic = "persistent://public/default/little-room";
+    let consumer = client
+        .consumer(topic, "sub")
+        .initial_position(InitialPosition::Earliest)
+        .subscribe()
+        .await?;
+    let producer = client
+        .producer(topic)
+        .max_pending_messages(4)
+        .batch_max_messages(2)
+        .create()
+        .await?;
+    // Far more sends than the pending bound and the partition task's command queue (1024)
+    // hold, none awaiting its receipt: later sends can only be queued once earlier messages
+    // are durable, so send_async must wait for room rather than fail or pile up.
+    let count = 3000;
+    let mut receipts = Vec::with_capacity(count);
+    for index in 0..count {
+        let message = OutgoingMessage::new(format!("message-{index}"))
+            .with_property("index", index.to_string());
+        receipts.push(producer.send_async(message).await?);
+    }
+    let mut ids = Vec::with_capacity(count);
+    for receipt in receipts {
+        ids.push(receipt.await?);
+    }
+    assert!(
+        ids.windows(2).all(|pair| pair[0] < pair[1]),
+        "every receipt resolves, in order"
+    );
+    for expected in 0..count {
+        let message = receive(&consumer).await?;
+        assert_eq!(index_of(&message), expected);
+        consumer.ack(&message).await?;
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn readers_start_anywhere_and_seek() -> TestResult {
     let cluster = Cluster::start(ClusterShape::default()).await?;
     let client = Client::connect(&cluster.service_url(0)).await?;
