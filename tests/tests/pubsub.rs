@@ -376,10 +376,15 @@ async fn a_producer_out_of_room_holds_its_senders_and_loses_nothing() -> TestRes
     // are durable, so send_async must wait for room rather than fail or pile up.
     let count = 3000;
     let mut receipts = Vec::with_capacity(count);
+    let sending_deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     for index in 0..count {
         let message = OutgoingMessage::new(format!("message-{index}"))
             .with_property("index", index.to_string());
-        receipts.push(producer.send_async(message).await?);
+        let send = tokio::time::timeout_at(sending_deadline, producer.send_async(message));
+        let receipt = send
+            .await
+            .map_err(|_| format!("send {index} found no room within 60 s"))??;
+        receipts.push(receipt);
     }
     let mut ids = Vec::with_capacity(count);
     for receipt in receipts {
