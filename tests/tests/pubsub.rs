@@ -45,6 +45,19 @@ async fn publish(
     Ok(ids)
 }
 
+/// A consumer of the default (Exclusive) type that starts at the topic's oldest message.
+async fn subscribe_from_earliest(
+    client: &Client,
+    topic: &str,
+    subscription: &str,
+) -> Result<Consumer, ClientError> {
+    client
+        .consumer(topic, subscription)
+        .initial_position(InitialPosition::Earliest)
+        .subscribe()
+        .await
+}
+
 fn index_of(message: &magnetar_client::ReceivedMessage) -> usize {
     message.properties["index"]
         .parse()
@@ -59,11 +72,7 @@ async fn every_subscription_type_delivers_as_promised() -> TestResult {
 
     // Exclusive: everything, in order; a second consumer is refused.
     let topic = "persistent://public/default/exclusive";
-    let exclusive = client
-        .consumer(topic, "sub")
-        .initial_position(InitialPosition::Earliest)
-        .subscribe()
-        .await?;
+    let exclusive = subscribe_from_earliest(&client, topic, "sub").await?;
     let refused = client
         .subscribe(topic, "sub", SubscriptionType::Exclusive)
         .await
@@ -262,11 +271,12 @@ async fn nacks_redeliver_with_a_count_and_end_in_the_dead_letter_topic() -> Test
         })
         .subscribe()
         .await?;
-    let dead_letters = client
-        .consumer("persistent://public/default/retried-sub-DLQ", "inspect")
-        .initial_position(InitialPosition::Earliest)
-        .subscribe()
-        .await?;
+    let dead_letters = subscribe_from_earliest(
+        &client,
+        "persistent://public/default/retried-sub-DLQ",
+        "inspect",
+    )
+    .await?;
     publish(&client, topic, 1, 1).await?;
     for expected_count in 0..=1 {
         let message = receive(&consumer).await?;
@@ -360,11 +370,7 @@ async fn a_producer_out_of_room_holds_its_senders_and_loses_nothing() -> TestRes
     let cluster = Cluster::start(ClusterShape::default()).await?;
     let client = Client::connect(&cluster.service_url(0)).await?;
     let topic = "persistent://public/default/little-room";
-    let consumer = client
-        .consumer(topic, "sub")
-        .initial_position(InitialPosition::Earliest)
-        .subscribe()
-        .await?;
+    let consumer = subscribe_from_earliest(&client, topic, "sub").await?;
     let producer = client
         .producer(topic)
         .max_pending_messages(4)
@@ -466,11 +472,7 @@ async fn readers_start_anywhere_and_seek() -> TestResult {
     );
 
     // A durable subscription seeks back and gets the messages again.
-    let consumer = client
-        .consumer(topic, "sub")
-        .initial_position(InitialPosition::Earliest)
-        .subscribe()
-        .await?;
+    let consumer = subscribe_from_earliest(&client, topic, "sub").await?;
     for _ in 0..50 {
         let message = receive(&consumer).await?;
         consumer.ack(&message).await?;
@@ -556,11 +558,7 @@ async fn a_dead_brokers_topics_move_and_nothing_acknowledged_is_lost() -> TestRe
     let topic = "persistent://public/default/moving";
     let urls = format!("{},{}", cluster.service_url(0), cluster.service_url(1));
     let client = Client::connect(&urls).await?;
-    let consumer = client
-        .consumer(topic, "sub")
-        .initial_position(InitialPosition::Earliest)
-        .subscribe()
-        .await?;
+    let consumer = subscribe_from_earliest(&client, topic, "sub").await?;
     let producer = client.producer(topic).name("mover").create().await?;
     let mut acknowledged = Vec::new();
     for index in 0..200 {
