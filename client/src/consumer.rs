@@ -391,17 +391,15 @@ impl Consumer {
         if let Some(next) = self.take_ready() {
             return Some(next);
         }
-        let mut batch = Vec::with_capacity(RECEIVE_BATCH);
-        if received.recv_many(&mut batch, RECEIVE_BATCH).await == 0 {
-            return None;
+        let first = received.recv().await?;
+        let mut ready = self.ready.lock().unwrap_or_else(PoisonError::into_inner);
+        while ready.len() + 1 < RECEIVE_BATCH {
+            match received.try_recv() {
+                Ok(next) => ready.push_back(next),
+                Err(_) => break,
+            }
         }
-        let mut batch = batch.into_iter();
-        let first = batch.next();
-        self.ready
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .extend(batch);
-        first
+        Some(first)
     }
 
     /// The next message, or `None` after `timeout`.
