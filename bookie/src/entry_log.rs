@@ -11,7 +11,6 @@
 
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
-use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -22,6 +21,7 @@ use parking_lot::Mutex;
 
 use crate::error::{BookieError, Result};
 use crate::journal::sync_directory;
+use crate::write_back::{write_back, WriteBack};
 
 const MAGIC: [u8; 8] = *b"MGNELOG\0";
 const FORMAT_VERSION: u32 = 1;
@@ -30,7 +30,9 @@ const RECORD_HEADER_BYTES: usize = 8;
 const BODY_FIXED_BYTES: usize = 8 + 8 + 8 + 4;
 /// Writes are gathered into buffers of this size.
 const WRITE_BUFFER_BYTES: usize = 1024 * 1024;
-/// A flush's unit of writeback (see [`write_back`]).
+/// A flush's unit of writeback: each chunk's writeback starts as it is written and the one
+/// before is waited for, so at most two chunks of a flush are queued at the disk at a time and
+/// the flush's final fdatasync finds little left to write (see [`crate::write_back`]).
 const WRITEBACK_CHUNK_BYTES: usize = 256 * 1024;
 
 /// Where an entry lives.
@@ -206,9 +208,11 @@ impl EntryLogWriter {
                 .write_all_at(chunk, log.flushed_offset)
                 .map_err(|source| BookieError::io("writing the entry log", source))?;
             let range = (log.flushed_offset, chunk.len() as u64);
-            write_back(&log.file, range, WriteBack::Start);
+            write_back(&log.file, range.0, range.1, WriteBack::Start)
+                .map_err(|source| BookieError::io("writing back the entry log", source))?;
             if let Some(previous) = log.writing_back.replace(range) {
-                write_back(&log.file, previous, WriteBack::Finish);
+                write_back(&log.file, previous.0, previous.1, WriteBack::Finish)
+                    .map_err(|source| BookieError::io("writing back the entry log", source))?;
             }
             log.flushed_offset += chunk.len() as u64;
         }
@@ -337,39 +341,6 @@ fn decode_record(record: Bytes) -> Option<Entry> {
         crc32c: fields.get_u32_le(),
         payload: body.slice(BODY_FIXED_BYTES..),
     })
-}
-
-enum WriteBack {
-    /// Start writing the range back, without waiting.
-    Start,
-    /// Wait until the range is written back.
-    Finish,
-}
-
-/// Writes a flush back to the disk as it goes, chunk by chunk: each chunk's writeback starts
-/// as it is written, and the one before is waited for. At most two chunks of a flush are queued
-/// at the disk at a time, so the journal's fdatasync, which every add waits for, never queues
-/// behind a whole cache generation (megabytes each second), and the flush's final fdatasync
-/// finds little left to write. Advisory: an error here changes nothing about durability, which
-/// the fdatasync provides.
-fn write_back(file: &File, (offset, length): (u64, u64), step: WriteBack) {
-    let flags = match step {
-        WriteBack::Start => libc::SYNC_FILE_RANGE_WRITE,
-        WriteBack::Finish => {
-            libc::SYNC_FILE_RANGE_WAIT_BEFORE
-                | libc::SYNC_FILE_RANGE_WRITE
-                | libc::SYNC_FILE_RANGE_WAIT_AFTER
-        }
-    };
-    // SAFETY: sync_file_range only reads its arguments; the descriptor is open for writing.
-    unsafe {
-        libc::sync_file_range(
-            file.as_raw_fd(),
-            offset as libc::off64_t,
-            length as libc::off64_t,
-            flags,
-        );
-    }
 }
 
 #[cfg(test)]

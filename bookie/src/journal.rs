@@ -28,6 +28,7 @@ use crate::error::{BookieError, Result};
 use crate::journal_record::{
     checksum_seed, encode_entry, encoded_entry_len, file_header, FILE_HEADER_BYTES,
 };
+use crate::write_back::{write_back, WriteBack};
 
 /// A place in the journal: everything before it is durable.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord)]
@@ -265,7 +266,8 @@ impl JournalFile {
             if let Some((bytes_per_sec, urgent)) = pace {
                 // Write this chunk out now, waiting for it, so at most one chunk of zeros is
                 // ever queued ahead of a journal fdatasync.
-                write_out_range(&file, written, chunk as u64);
+                write_back(&file, written, chunk as u64, WriteBack::Finish)
+                    .map_err(|source| BookieError::io(context("preallocating"), source))?;
                 let due =
                     Duration::from_secs_f64((written + chunk as u64) as f64 / bytes_per_sec as f64);
                 match due.checked_sub(started.elapsed()) {
@@ -376,22 +378,6 @@ const PACED_CHUNK_BYTES: usize = 256 * 1024;
 /// How fast the background preallocator writes zeros: a 64 MiB file takes 2 s, far less than
 /// the time a busy journal takes to fill one.
 const PREALLOCATION_BYTES_PER_SEC: u64 = 32 * 1024 * 1024;
-
-/// Starts writeback of a range and waits for it (advisory: the final sync is what counts).
-fn write_out_range(file: &File, offset: u64, length: u64) {
-    use std::os::fd::AsRawFd;
-    // SAFETY: sync_file_range only reads its arguments; the descriptor is open for writing.
-    unsafe {
-        libc::sync_file_range(
-            file.as_raw_fd(),
-            offset as libc::off64_t,
-            length as libc::off64_t,
-            libc::SYNC_FILE_RANGE_WAIT_BEFORE
-                | libc::SYNC_FILE_RANGE_WRITE
-                | libc::SYNC_FILE_RANGE_WAIT_AFTER,
-        );
-    }
-}
 
 /// Makes a directory's entries (new or removed files) durable.
 pub fn sync_directory(dir: &Path) -> Result<()> {

@@ -18,6 +18,7 @@
 //! - [`journal_record`]: journal file format (encode, decode, torn-tail detection); no I/O.
 //! - [`journal`]: the group-commit writer thread and its preallocated (or recycled) files.
 //! - [`write_cache`]: entries durable in the journal, not yet in an entry log.
+//! - `write_back`: pages written to the disk ahead of an fdatasync, in bounded pieces.
 //! - [`entry_log`]: append-only entry log files and their reader.
 //! - [`index`]: RocksDB: entry locations, ledger metadata, log usage, checkpoint.
 //! - [`storage`]: ledger storage tying the above together; flusher and journal replay.
@@ -46,6 +47,7 @@ pub mod ledger;
 pub mod server;
 pub mod storage;
 mod thread_priority;
+mod write_back;
 pub mod write_cache;
 
 pub use bookie::RunningBookie;
