@@ -44,7 +44,25 @@ impl Deduplication {
 
     /// Decides about `sequence_id` from `producer`; a `Store` verdict marks it in flight.
     pub fn check(&mut self, producer: &str, sequence_id: u64) -> Verdict {
+        let verdict = self.verdict(producer, sequence_id);
+        if verdict == Verdict::Store {
+            self.accept(producer, sequence_id);
+        }
+        verdict
+    }
+
+    /// Marks ids up to `sequence_id` in flight (after a `Store` verdict, once the append is
+    /// queued); returns the mark before, which [`failed`](Self::failed) needs.
+    pub fn accept(&mut self, producer: &str, sequence_id: u64) -> Option<u64> {
         let state = self.producers.entry(producer.to_string()).or_default();
+        state.accepted.replace(sequence_id)
+    }
+
+    /// What [`check`](Self::check) would decide, changing nothing.
+    pub fn verdict(&self, producer: &str, sequence_id: u64) -> Verdict {
+        let Some(state) = self.producers.get(producer) else {
+            return Verdict::Store;
+        };
         if state
             .persisted
             .is_some_and(|highest| sequence_id <= highest)
@@ -59,7 +77,6 @@ impl Deduplication {
         if state.accepted.is_some_and(|highest| sequence_id <= highest) {
             return Verdict::InFlight;
         }
-        state.accepted = Some(sequence_id);
         Verdict::Store
     }
 
@@ -80,11 +97,13 @@ impl Deduplication {
         }
     }
 
-    /// Forgets in-flight ids above the persisted ones after a failed append, so the producer's
-    /// resend is stored.
-    pub fn failed(&mut self, producer: &str) {
+    /// Forgets the in-flight ids of a failed append, and any after it, so the producer's
+    /// resend is stored; `accepted_before` is what [`accept`](Self::accept) returned for it.
+    /// Ids accepted before it stay in flight: the late failure of an append from an older
+    /// stream must not let a second copy of a resend that is on its way through.
+    pub fn failed(&mut self, producer: &str, accepted_before: Option<u64>) {
         if let Some(state) = self.producers.get_mut(producer) {
-            state.accepted = state.persisted;
+            state.accepted = state.persisted.max(state.accepted.min(accepted_before));
         }
     }
 
@@ -142,9 +161,32 @@ mod tests {
         let mut dedup = Deduplication::new();
         dedup.check("p", 0);
         dedup.persisted("p", 0, Position::new(1, 0));
+        let before = dedup.accept("p", 1);
+        assert_eq!(before, Some(0));
+        dedup.failed("p", before);
         assert_eq!(dedup.check("p", 1), Verdict::Store);
-        dedup.failed("p");
+    }
+
+    #[test]
+    fn a_late_failure_keeps_earlier_ids_in_flight() {
+        let mut dedup = Deduplication::new();
+        dedup.check("p", 0);
+        dedup.persisted("p", 0, Position::new(1, 0));
+        // Ids 1, 2 and 3 in flight; the append of 2 fails, then (late) the append of 3.
+        let before_1 = dedup.accept("p", 1);
+        let before_2 = dedup.accept("p", 2);
+        let before_3 = dedup.accept("p", 3);
+        dedup.failed("p", before_2);
+        dedup.failed("p", before_3);
+        assert_eq!(dedup.verdict("p", 1), Verdict::InFlight);
+        assert_eq!(dedup.verdict("p", 2), Verdict::Store);
+        // The failure of the first forgets everything not persisted.
+        dedup.failed("p", before_1);
+        assert_eq!(dedup.verdict("p", 1), Verdict::Store);
+        // Asking changes nothing.
+        assert_eq!(dedup.verdict("p", 1), Verdict::Store);
         assert_eq!(dedup.check("p", 1), Verdict::Store);
+        assert_eq!(dedup.verdict("p", 1), Verdict::InFlight);
     }
 
     #[test]

@@ -18,6 +18,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use magnetar_bookie::ledger::available_bookies;
+use magnetar_broker::admin::client::AdminClient;
+use magnetar_broker::admin::Method;
 use magnetar_broker::bundles::DEFAULT_BUNDLES;
 use magnetar_broker::service::namespaces::{self, NamespacePolicies};
 use magnetar_broker::service::ownership::{bundle_for, live_brokers, owner_key, owner_of};
@@ -66,29 +68,40 @@ impl Bookie {
     }
 }
 
+struct Broker {
+    address: String,
+    /// The admin API's address.
+    http: String,
+    process: Option<MagnetarProcess>,
+}
+
 /// Fields drop in order: brokers, bookies, the metadata group, then the directories.
 struct Processes {
-    brokers: Vec<(String, Option<MagnetarProcess>)>,
+    brokers: Vec<Broker>,
     bookies: Vec<Bookie>,
     _meta: Vec<MagnetarProcess>,
     meta_endpoints: Vec<String>,
     _dirs: Vec<tempfile::TempDir>,
 }
 
-fn write_broker_config(dir: &Path, listen: &str, meta: &[String]) -> std::io::Result<PathBuf> {
+fn write_broker_config(
+    dir: &Path,
+    listen: &str,
+    http: &str,
+    meta: &[String],
+) -> std::io::Result<PathBuf> {
     let endpoints: Vec<String> = meta
         .iter()
         .map(|endpoint| format!("{endpoint:?}"))
         .collect();
     let text = format!(
         "listen = {listen:?}\n\
-         http_listen = \"127.0.0.1:{http}\"\n\
+         http_listen = {http:?}\n\
          meta_endpoints = [{endpoints}]\n\
          ensemble_size = 3\n\
          write_quorum = 3\n\
          ack_quorum = 2\n\
          session_ttl_ms = 2000\n",
-        http = free_port(),
         endpoints = endpoints.join(", "),
     );
     let path = dir.join("broker.toml");
@@ -159,10 +172,15 @@ async fn start_cluster() -> Result<Processes, Box<dyn std::error::Error>> {
     for _ in 0..2 {
         let dir = tempfile::tempdir()?;
         let listen = format!("127.0.0.1:{}", free_port());
-        let config = write_broker_config(dir.path(), &listen, &meta_endpoints)?;
+        let http = format!("127.0.0.1:{}", free_port());
+        let config = write_broker_config(dir.path(), &listen, &http, &meta_endpoints)?;
         let config = config.to_string_lossy().to_string();
         let process = MagnetarProcess::start(&["broker", "--config", &config])?;
-        brokers.push((listen, Some(process)));
+        brokers.push(Broker {
+            address: listen,
+            http,
+            process: Some(process),
+        });
         dirs.push(dir);
     }
     wait_until_async("2 brokers registered", STARTUP, || {
@@ -241,6 +259,39 @@ async fn owner(meta: &MetaClient) -> Option<String> {
     owner_of(meta, &key).await.ok()?
 }
 
+/// What a stalled subscription lacks, and what the brokers say of the topic, for the log.
+async fn report_stall(cluster: &Processes, seen_by: &[(&str, Arc<Mutex<Seen>>)]) {
+    for (subscription, seen) in seen_by {
+        let seen = seen.lock().expect("not poisoned");
+        let missing: Vec<usize> = (0..MESSAGES)
+            .filter(|index| !seen.indices.contains(index))
+            .collect();
+        println!(
+            "subscription {subscription}: {} of {MESSAGES} consumed; missing {} (first {:?})",
+            seen.indices.len(),
+            missing.len(),
+            &missing[..missing.len().min(20)]
+        );
+    }
+    let topic = TOPIC.trim_start_matches("persistent://");
+    for broker in cluster
+        .brokers
+        .iter()
+        .filter(|broker| broker.process.is_some())
+    {
+        let Ok(admin) = AdminClient::new(&broker.http) else {
+            continue;
+        };
+        for what in ["stats", "internalStats"] {
+            let path = format!("/admin/v2/persistent/{topic}/{what}");
+            match admin.send(Method::GET, &path, None).await {
+                Ok(response) => println!("broker {} {what}: {}", broker.address, response.text()),
+                Err(error) => println!("broker {} {what}: {error}", broker.address),
+            }
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn acknowledged_messages_survive_a_broker_and_a_bookie_killed() -> TestResult {
     let mut rng = StdRng::seed_from_u64(crash_seed());
@@ -261,7 +312,7 @@ async fn acknowledged_messages_survive_a_broker_and_a_bookie_killed() -> TestRes
     let service_url = cluster
         .brokers
         .iter()
-        .map(|(address, _)| address.clone())
+        .map(|broker| broker.address.clone())
         .collect::<Vec<_>>()
         .join(",");
     let client = Client::connect(&service_url).await?;
@@ -304,13 +355,13 @@ async fn acknowledged_messages_survive_a_broker_and_a_bookie_killed() -> TestRes
     while acknowledged < MESSAGES {
         if !broker_killed && acknowledged >= MESSAGES / 3 {
             let owner = owner(&meta).await.ok_or("the topic has an owner")?;
-            let (_, process) = cluster
+            let broker = cluster
                 .brokers
                 .iter_mut()
-                .find(|(address, _)| *address == owner)
+                .find(|broker| broker.address == owner)
                 .ok_or("the owner is one of the brokers")?;
             println!("killing the owning broker {owner} at {acknowledged} acknowledged");
-            if let Some(mut process) = process.take() {
+            if let Some(mut process) = broker.process.take() {
                 process.kill();
             }
             broker_killed = true;
@@ -357,7 +408,7 @@ async fn acknowledged_messages_survive_a_broker_and_a_bookie_killed() -> TestRes
     }
 
     for (subscription, seen) in &seen_by {
-        wait_until_async(
+        let caught_up = wait_until_async(
             &format!("subscription {subscription} to consume all {MESSAGES}"),
             CATCH_UP,
             || {
@@ -368,7 +419,11 @@ async fn acknowledged_messages_survive_a_broker_and_a_bookie_killed() -> TestRes
                 }
             },
         )
-        .await?;
+        .await;
+        if let Err(timed_out) = caught_up {
+            report_stall(&cluster, &seen_by).await;
+            return Err(timed_out.into());
+        }
     }
     for subscriber in subscribers {
         subscriber.abort();

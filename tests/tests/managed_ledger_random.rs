@@ -3,6 +3,9 @@
 //! every step the log read from the start must equal the sequence of acknowledged appends.
 //!
 //! The seed is printed; `MAGNETAR_SEED=<n>` replays a run.
+//!
+//! A second test pipelines appends across bookie failures that no ensemble change can absorb
+//! and checks that appends queued at one failure count are stored as a prefix.
 
 use std::time::Duration;
 
@@ -10,7 +13,7 @@ use bytes::Bytes;
 use magnetar_bookie::ledger::{available_bookies, LedgerClient, LedgerClientConfig};
 use magnetar_bookie::LedgerOptions;
 use magnetar_broker::managed_ledger::{
-    ManagedLedger, ManagedLedgerConfig, Position, RolloverPolicy,
+    ManagedLedger, ManagedLedgerConfig, Position, RolloverPolicy, SubmittedAppend,
 };
 use magnetar_meta::{MetaClient, MetaConfig, MetaServer};
 use magnetar_tests::{free_port, wait_until_async, MagnetarProcess};
@@ -55,7 +58,7 @@ fn start_bookie(address: &str, dir: &std::path::Path, meta: &str) -> MagnetarPro
 }
 
 impl Cluster {
-    async fn start() -> Cluster {
+    async fn start(count: usize) -> Cluster {
         let meta_dir = tempfile::tempdir().expect("temp dir");
         let meta = MetaServer::start(MetaConfig {
             data_dir: meta_dir.path().to_path_buf(),
@@ -64,7 +67,7 @@ impl Cluster {
         })
         .await
         .expect("meta starts");
-        let bookies = (0..BOOKIES)
+        let bookies = (0..count)
             .map(|_| {
                 let dir = tempfile::tempdir().expect("temp dir");
                 let address = format!("127.0.0.1:{}", free_port());
@@ -81,7 +84,7 @@ impl Cluster {
             meta,
             _meta_dir: meta_dir,
         };
-        cluster.wait_for_registered(BOOKIES).await;
+        cluster.wait_for_registered(count).await;
         cluster
     }
 
@@ -179,7 +182,7 @@ async fn appends_bookie_kills_rollovers_and_reopens_keep_the_log_exact() {
         .unwrap_or_else(rand::random::<u64>);
     println!("seed {seed} (replay with MAGNETAR_SEED={seed})");
     let mut random = StdRng::seed_from_u64(seed);
-    let mut cluster = Cluster::start().await;
+    let mut cluster = Cluster::start(BOOKIES).await;
     let name = "public/default/random";
     let mut log = ManagedLedger::open(cluster.client(), name, config())
         .await
@@ -246,4 +249,101 @@ async fn appends_bookie_kills_rollovers_and_reopens_keep_the_log_exact() {
             );
         }
     }
+}
+
+/// Appends queued while the same failure count held are stored as a prefix: once one fails,
+/// none queued after it at that count reaches the log, even when the log has a new ledger by
+/// its turn. The queueing side follows the rule a producer stream follows: it queues nothing
+/// while its oldest unanswered append was queued at an older count.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn appends_queued_behind_a_failed_one_fail_with_it() {
+    // Ensembles take every bookie, so losing one fails the ledger being written and no new
+    // ledger opens until it is back.
+    let mut cluster = Cluster::start(3).await;
+    let log = ManagedLedger::open(cluster.client(), "public/default/prefix", config())
+        .await
+        .expect("open");
+    let mut waiting: std::collections::VecDeque<(usize, u64, SubmittedAppend)> =
+        std::collections::VecDeque::new();
+    // (index, failure count at submit, stored position)
+    let mut outcomes: Vec<(usize, u64, Option<Position>)> = Vec::new();
+    let mut next = 0usize;
+    for round in 0..3 {
+        let stored_before = outcomes.iter().filter(|(_, _, at)| at.is_some()).count();
+        let killed_at = std::time::Instant::now();
+        let mut restarted = false;
+        cluster.kill(round % 3);
+        // Keep appending through the fault (which lasts a fixed second) until 100 appends
+        // are stored after the bookie came back.
+        loop {
+            if !restarted && killed_at.elapsed() >= Duration::from_secs(1) {
+                cluster.restart(round % 3).await;
+                restarted = true;
+            }
+            let stored = outcomes.iter().filter(|(_, _, at)| at.is_some()).count();
+            if restarted && stored >= stored_before + 100 {
+                break;
+            }
+            let oldest_current = waiting
+                .front()
+                .is_none_or(|(_, failures, _)| *failures == log.append_failures());
+            if waiting.len() < 32 && oldest_current {
+                match log.submit_append(payload(next)) {
+                    Ok(append) => waiting.push_back((next, append.failures_at_submit(), append)),
+                    Err(error) => panic!("append {next} was refused at once: {error}"),
+                }
+                next += 1;
+                tokio::task::yield_now().await;
+                continue;
+            }
+            let Some((index, failures, append)) = waiting.pop_front() else {
+                continue;
+            };
+            outcomes.push((index, failures, append.wait().await.ok()));
+        }
+        println!(
+            "round {round}: {} appends, {} failed so far",
+            outcomes.len(),
+            outcomes.iter().filter(|(_, _, at)| at.is_none()).count()
+        );
+    }
+    while let Some((index, failures, append)) = waiting.pop_front() {
+        outcomes.push((index, failures, append.wait().await.ok()));
+    }
+    let failed = outcomes.iter().filter(|(_, _, at)| at.is_none()).count();
+    assert!(
+        failed > 0,
+        "losing a bookie of every ensemble failed no append"
+    );
+    for (position, (index, failures, stored)) in outcomes.iter().enumerate() {
+        if stored.is_some() {
+            continue;
+        }
+        if let Some((later, _, at)) = outcomes[position + 1..]
+            .iter()
+            .find(|(_, later_failures, at)| later_failures == failures && at.is_some())
+        {
+            panic!(
+                "append {index} failed at failure count {failures}, yet append {later}, queued \
+                 after it at the same count, was stored at {at:?}"
+            );
+        }
+    }
+    // The log holds exactly the stored appends, in the order they were queued.
+    let stored: Vec<Bytes> = outcomes
+        .iter()
+        .filter(|(_, _, at)| at.is_some())
+        .map(|(index, _, _)| payload(*index))
+        .collect();
+    let read: Vec<Bytes> = read_all(&log)
+        .await
+        .into_iter()
+        .map(|(_, bytes)| bytes)
+        .collect();
+    assert_eq!(
+        read.len(),
+        stored.len(),
+        "the log and the stored appends differ in length"
+    );
+    assert!(read == stored, "the log differs from the stored appends");
 }

@@ -18,8 +18,11 @@
 //!   was reported as failed is never read back.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
@@ -91,23 +94,42 @@ pub struct LogEntry {
     pub payload: Bytes,
 }
 
-/// An append queued by [`ManagedLedger::submit_append`].
+/// An append queued by [`ManagedLedger::submit_append`]; awaiting it gives the entry's
+/// position once it is durable.
 pub struct SubmittedAppend {
     answer: oneshot::Receiver<ManagedLedgerResult<Position>>,
     ledger: ManagedLedger,
+    failures_at_submit: u64,
 }
 
 impl SubmittedAppend {
     /// Resolves once the entry is durable, with its position.
     pub async fn wait(self) -> ManagedLedgerResult<Position> {
-        let Self { answer, ledger } = self;
-        answer.await.unwrap_or_else(|_| Err(ledger.stopped_error()))
+        self.await
+    }
+
+    /// [`ManagedLedger::append_failures`] when this append was queued: it is written only if
+    /// the count is still the same when its turn comes.
+    pub fn failures_at_submit(&self) -> u64 {
+        self.failures_at_submit
+    }
+}
+
+impl Future for SubmittedAppend {
+    type Output = ManagedLedgerResult<Position>;
+
+    fn poll(mut self: Pin<&mut Self>, context: &mut Context<'_>) -> Poll<Self::Output> {
+        Pin::new(&mut self.answer)
+            .poll(context)
+            .map(|answer| answer.unwrap_or_else(|_| Err(self.ledger.stopped_error())))
     }
 }
 
 enum Command {
     Append {
         payload: Bytes,
+        /// The failure count when it was queued.
+        failures_at_submit: u64,
         reply: oneshot::Sender<ManagedLedgerResult<Position>>,
     },
     Trim {
@@ -173,6 +195,9 @@ struct Inner {
     state: Mutex<State>,
     readers: Mutex<HashMap<u64, Arc<LedgerReader>>>,
     appended: Notify,
+    /// Appends answered with a failure that made later queued ones unsafe to write (see
+    /// [`ManagedLedger::append_failures`]).
+    append_failures: AtomicU64,
     fenced: AtomicBool,
     closed: AtomicBool,
 }
@@ -226,6 +251,7 @@ impl ManagedLedger {
             config,
             readers: Mutex::new(HashMap::new()),
             appended: Notify::new(),
+            append_failures: AtomicU64::new(0),
             fenced: AtomicBool::new(false),
             closed: AtomicBool::new(false),
         });
@@ -266,11 +292,22 @@ impl ManagedLedger {
 
     /// Queues an append now and returns a handle to await its outcome: entries are stored in
     /// the order of these calls, so a caller can pipeline many appends and keep their order.
+    ///
+    /// Appends queued at the same [`append_failures`](Self::append_failures) count are stored
+    /// as a prefix: once one of them fails, every later one fails too, even if the log has
+    /// moved to a new ledger meanwhile. A caller that must not leave a gap (a producer whose
+    /// resend has to come before anything newer) stops queueing while an append of an older
+    /// count is unanswered.
     pub fn submit_append(&self, payload: Bytes) -> ManagedLedgerResult<SubmittedAppend> {
         self.check_usable()?;
         let (reply, answer) = oneshot::channel();
+        let failures_at_submit = self.append_failures();
         self.commands
-            .try_send(Command::Append { payload, reply })
+            .try_send(Command::Append {
+                payload,
+                failures_at_submit,
+                reply,
+            })
             .map_err(|error| match error {
                 mpsc::error::TrySendError::Full(_) => ManagedLedgerError::Busy {
                     name: self.inner.name.clone(),
@@ -281,7 +318,15 @@ impl ManagedLedger {
         Ok(SubmittedAppend {
             answer,
             ledger: self.clone(),
+            failures_at_submit,
         })
+    }
+
+    /// How many times an append failed in a way that fails the appends queued behind it
+    /// (the ledger being written failed, or no new one could be opened). Rises before any
+    /// such failure is answered.
+    pub fn append_failures(&self) -> u64 {
+        self.inner.append_failures.load(Ordering::Acquire)
     }
 
     fn stopped_error(&self) -> ManagedLedgerError {
@@ -841,7 +886,9 @@ impl Appender {
                 command = inbox.recv() => {
                     let Some(command) = command else { break };
                     match command {
-                        Command::Append { payload, reply } => self.append(payload, reply).await,
+                        Command::Append { payload, failures_at_submit, reply } => {
+                            self.append(payload, failures_at_submit, reply).await
+                        }
                         Command::Trim { reply } => {
                             let _ = reply.send(self.trim().await);
                         }
@@ -874,11 +921,29 @@ impl Appender {
         ManagedLedgerError::Fenced { name: self.name() }
     }
 
+    /// Counts a failure that later queued appends must share; called before it is answered.
+    fn count_failure(&self) {
+        self.inner.append_failures.fetch_add(1, Ordering::AcqRel);
+    }
+
     async fn append(
         &mut self,
         payload: Bytes,
+        failures_at_submit: u64,
         reply: oneshot::Sender<ManagedLedgerResult<Position>>,
     ) {
+        if failures_at_submit != self.inner.append_failures.load(Ordering::Acquire) {
+            // Queued before an earlier append failed: writing it (perhaps to a new ledger)
+            // would put it in the log while the one before it is missing.
+            let _ = reply.send(Err(ManagedLedgerError::AppendFailed {
+                name: self.name(),
+                source: LedgerError::WriterFailed {
+                    ledger_id: self.inner.state.lock().current_ledger_id(),
+                    reason: "an append queued before this one failed".into(),
+                },
+            }));
+            return;
+        }
         let should_roll = {
             let state = self.inner.state.lock();
             self.inner.config.rollover.should_roll(
@@ -889,6 +954,7 @@ impl Appender {
         };
         if self.failed.is_some() || should_roll {
             if let Err(error) = self.replace_ledger().await {
+                self.count_failure();
                 let _ = reply.send(Err(error));
                 return;
             }
@@ -905,8 +971,12 @@ impl Appender {
                 }));
             }
             Err(error) => {
+                let ledger_id = writer.ledger_id();
+                if self.failed.is_none() {
+                    self.count_failure();
+                }
                 self.failed = Some(LedgerError::WriterFailed {
-                    ledger_id: writer.ledger_id(),
+                    ledger_id,
                     reason: error.to_string(),
                 });
                 let _ = reply.send(Err(ManagedLedgerError::AppendFailed {
@@ -953,6 +1023,7 @@ impl Appender {
                 }
                 if self.failed.is_none() {
                     warn!(name = %self.inner.name, %error, "append failed; the ledger will be replaced");
+                    self.count_failure();
                 }
                 self.failed = Some(LedgerError::WriterFailed {
                     ledger_id: self.inner.state.lock().current_ledger_id(),

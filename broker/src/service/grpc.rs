@@ -6,6 +6,7 @@
 //! what the task sends back. Failures of one request are answered on the stream; a malformed
 //! request never takes the broker down.
 
+use std::collections::VecDeque;
 use std::pin::Pin;
 use std::sync::Arc;
 
@@ -23,7 +24,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::debug;
 
-use super::error::{BrokerError, BrokerResult};
+use super::error::{is_retryable_code, BrokerError, BrokerResult};
 use super::pending::{IndexRange, MessageRef};
 use super::subscription::{
     before, ConsumerEvent, ConsumerLink, SeekTo, SubscriptionHandle, CONSUMER_EVENT_QUEUE,
@@ -219,6 +220,13 @@ async fn serve_producer(
     type Waiting =
         Pin<Box<dyn std::future::Future<Output = Result<ProduceResponse, Status>> + Send>>;
     let mut waiting: FuturesOrdered<Waiting> = FuturesOrdered::new();
+    // Beside each waiting answer: the log's failure count when its send was queued, if it
+    // can still fail.
+    let mut waiting_failures: VecDeque<Option<u64>> = VecDeque::new();
+    // Once a send of this stream failed, or may fail, nothing later from it is stored: the
+    // producer resends from the failed one on a new stream, and a newer batch stored first
+    // would make deduplication take that resend for a duplicate.
+    let mut broken = false;
     let mut inbound_open = true;
     let mut quota = topic.quota_watch();
     loop {
@@ -258,26 +266,49 @@ async fn serve_producer(
                         error: Some(error.to_wire()),
                     }))
                 };
-                let future: Waiting = match topic.send(producer_name, first, batch.messages) {
-                    Ok(SendOutcome::Duplicate(receipt)) => {
-                        Box::pin(async move { produce_response(produce_response::Kind::Receipt(receipt)) })
-                    }
+                let failures_now = topic.ledger.append_failures();
+                // Counts only rise, so the oldest waiting send's count is the one to compare.
+                broken |= waiting_failures.iter().flatten().next().is_some_and(|&failures| failures != failures_now);
+                let outcome = if broken {
+                    Err(BrokerError::Unavailable(
+                        "an earlier send of this producer failed; reconnect and send again from it".into(),
+                    ))
+                } else {
+                    topic.send(producer_name, first, batch.messages)
+                };
+                let (future, can_fail): (Waiting, Option<u64>) = match outcome {
+                    Ok(SendOutcome::Duplicate(receipt)) => (
+                        Box::pin(async move { produce_response(produce_response::Kind::Receipt(receipt)) }),
+                        None,
+                    ),
                     Ok(SendOutcome::Queued(pending)) | Ok(SendOutcome::InFlight(pending)) => {
-                        Box::pin(receipt_of(pending, failed, topic.clone(), std::time::Instant::now()))
+                        let failures = pending.failures_at_submit();
+                        (
+                            Box::pin(receipt_of(pending, failed, topic.clone(), std::time::Instant::now())),
+                            Some(failures),
+                        )
                     }
                     Err(error) => {
                         let fenced = matches!(error, BrokerError::NotOwner { .. });
+                        broken |= error.is_retryable();
                         let response = failed(error);
                         if fenced {
                             let _ = responses.send(response).await;
                             return;
                         }
-                        Box::pin(async move { response })
+                        (Box::pin(async move { response }), None)
                     }
                 };
                 waiting.push_back(future);
+                waiting_failures.push_back(can_fail);
             }
             Some(response) = waiting.next(), if !waiting.is_empty() => {
+                waiting_failures.pop_front();
+                broken |= matches!(
+                    &response,
+                    Ok(ProduceResponse { kind: Some(produce_response::Kind::Failed(SendFailed { error: Some(error), .. })) })
+                        if is_retryable_code(error.code)
+                );
                 let closes = matches!(
                     &response,
                     Ok(ProduceResponse { kind: Some(produce_response::Kind::Failed(SendFailed { error: Some(error), .. })) })

@@ -70,61 +70,67 @@ pub enum SendOutcome {
 }
 
 /// A send waiting for its entry to be durable.
+///
+/// Its outcome reaches the deduplication state even if nobody waits for it (the producer's
+/// stream ended first): otherwise a resend would find its ids in flight forever.
 pub struct PendingSend {
     topic: Arc<Topic>,
     producer: String,
     first_sequence_id: u64,
     highest_sequence_id: u64,
     count: u32,
-    append: Option<SubmittedAppend>,
+    /// The log's failure count when the send was checked (see
+    /// [`ManagedLedger::append_failures`]).
+    failures_at_submit: u64,
+    /// The queued append and the producer's in-flight mark before it; `None` for a resend
+    /// that waits for an earlier copy, or once the outcome is recorded.
+    append: Option<(SubmittedAppend, Option<u64>)>,
 }
 
 impl PendingSend {
-    pub async fn wait(self) -> BrokerResult<SendReceipt> {
-        let Some(append) = self.append else {
+    /// The log's failure count when this send was checked: if the count has moved since,
+    /// this send may yet fail, and a later send of its producer must not overtake it.
+    pub fn failures_at_submit(&self) -> u64 {
+        self.failures_at_submit
+    }
+
+    pub async fn wait(mut self) -> BrokerResult<SendReceipt> {
+        let Some((append, _)) = self.append.as_mut() else {
             return self.wait_for_earlier().await;
         };
-        match append.wait().await {
-            Ok(position) => {
-                {
-                    let mut state = self.topic.dedup.lock();
-                    state
-                        .dedup
-                        .persisted(&self.producer, self.highest_sequence_id, position);
-                    state.covered = state.covered.max(position);
-                    state.changed = true;
-                }
-                self.topic.dedup_changed.notify_waiters();
-                Ok(SendReceipt {
-                    first_sequence_id: self.first_sequence_id,
-                    ledger_id: position.ledger_id,
-                    entry_id: position.entry_id,
-                    message_count: self.count,
-                    duplicate: false,
-                })
-            }
-            Err(error) => {
-                self.topic.dedup.lock().dedup.failed(&self.producer);
-                self.topic.dedup_changed.notify_waiters();
-                Err(error.into())
-            }
-        }
+        let outcome = append.await;
+        let Some((_, accepted_before)) = self.append.take() else {
+            return Err(BrokerError::Unavailable(
+                "the send was already answered".into(),
+            ));
+        };
+        self.topic.record_outcome(
+            &self.producer,
+            self.highest_sequence_id,
+            accepted_before,
+            &outcome,
+        );
+        let position = outcome?;
+        Ok(SendReceipt {
+            first_sequence_id: self.first_sequence_id,
+            ledger_id: position.ledger_id,
+            entry_id: position.entry_id,
+            message_count: self.count,
+            duplicate: false,
+        })
     }
 
     /// Waits until the earlier send of the same sequence id is persisted (a duplicate
     /// receipt) or failed (the client must send again).
-    async fn wait_for_earlier(self) -> BrokerResult<SendReceipt> {
+    async fn wait_for_earlier(&self) -> BrokerResult<SendReceipt> {
         loop {
             let notified = self.topic.dedup_changed.notified();
-            let verdict = {
-                let mut state = self.topic.dedup.lock();
-                let verdict = state.dedup.check(&self.producer, self.highest_sequence_id);
-                if verdict == Verdict::Store {
-                    // The earlier send failed; undo the mark `check` just made.
-                    state.dedup.failed(&self.producer);
-                }
-                verdict
-            };
+            let verdict = self
+                .topic
+                .dedup
+                .lock()
+                .dedup
+                .verdict(&self.producer, self.highest_sequence_id);
             match verdict {
                 Verdict::Duplicate(position) => {
                     return Ok(duplicate_receipt(
@@ -141,6 +147,24 @@ impl PendingSend {
                 Verdict::InFlight => notified.await,
             }
         }
+    }
+}
+
+impl Drop for PendingSend {
+    fn drop(&mut self) {
+        let Some((append, accepted_before)) = self.append.take() else {
+            return;
+        };
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let topic = self.topic.clone();
+        let producer = std::mem::take(&mut self.producer);
+        let highest_sequence_id = self.highest_sequence_id;
+        runtime.spawn(async move {
+            let outcome = append.await;
+            topic.record_outcome(&producer, highest_sequence_id, accepted_before, &outcome);
+        });
     }
 }
 
@@ -326,16 +350,17 @@ impl Topic {
                 limit: self.max_message_size_bytes,
             });
         }
-        let pending = |append| PendingSend {
+        let mut state = self.dedup.lock();
+        let pending = |failures_at_submit, append| PendingSend {
             topic: self.clone(),
             producer: producer.to_string(),
             first_sequence_id,
             highest_sequence_id,
             count,
+            failures_at_submit,
             append,
         };
-        let mut state = self.dedup.lock();
-        match state.dedup.check(producer, highest_sequence_id) {
+        match state.dedup.verdict(producer, highest_sequence_id) {
             Verdict::Duplicate(position) => {
                 return Ok(SendOutcome::Duplicate(duplicate_receipt(
                     first_sequence_id,
@@ -343,28 +368,53 @@ impl Topic {
                     position,
                 )))
             }
-            Verdict::InFlight => return Ok(SendOutcome::InFlight(pending(None))),
+            Verdict::InFlight => {
+                let failures = self.ledger.append_failures();
+                return Ok(SendOutcome::InFlight(pending(failures, None)));
+            }
             Verdict::Store => {}
         }
         let payload = Bytes::from(batch.encode_to_vec());
         // Queued under the lock, so the order of dedup decisions is the order in the log.
-        match self.ledger.submit_append(payload) {
-            Ok(append) => {
-                drop(state);
-                self.counters
-                    .messages_in
-                    .fetch_add(u64::from(count), Ordering::Relaxed);
-                self.counters
-                    .bytes_in
-                    .fetch_add(size as u64, Ordering::Relaxed);
-                self.counters.entries_in.fetch_add(1, Ordering::Relaxed);
-                Ok(SendOutcome::Queued(pending(Some(append))))
-            }
-            Err(error) => {
-                state.dedup.failed(producer);
-                Err(error.into())
+        let append = self.ledger.submit_append(payload)?;
+        let accepted_before = state.dedup.accept(producer, highest_sequence_id);
+        drop(state);
+        self.counters
+            .messages_in
+            .fetch_add(u64::from(count), Ordering::Relaxed);
+        self.counters
+            .bytes_in
+            .fetch_add(size as u64, Ordering::Relaxed);
+        self.counters.entries_in.fetch_add(1, Ordering::Relaxed);
+        let failures = append.failures_at_submit();
+        Ok(SendOutcome::Queued(pending(
+            failures,
+            Some((append, accepted_before)),
+        )))
+    }
+
+    /// Feeds a queued append's outcome to deduplication.
+    fn record_outcome(
+        &self,
+        producer: &str,
+        highest_sequence_id: u64,
+        accepted_before: Option<u64>,
+        outcome: &Result<Position, ManagedLedgerError>,
+    ) {
+        {
+            let mut state = self.dedup.lock();
+            match outcome {
+                Ok(position) => {
+                    state
+                        .dedup
+                        .persisted(producer, highest_sequence_id, *position);
+                    state.covered = state.covered.max(*position);
+                    state.changed = true;
+                }
+                Err(_) => state.dedup.failed(producer, accepted_before),
             }
         }
+        self.dedup_changed.notify_waiters();
     }
 
     /// The subscription `name`, created (with its durable cursor) if it does not exist.
