@@ -921,6 +921,17 @@ impl Appender {
         ManagedLedgerError::Fenced { name: self.name() }
     }
 
+    /// The error of an append that fails because one before it did.
+    fn failed_behind(&self, reason: &str) -> ManagedLedgerError {
+        ManagedLedgerError::AppendFailed {
+            name: self.name(),
+            source: LedgerError::WriterFailed {
+                ledger_id: self.inner.state.lock().current_ledger_id(),
+                reason: reason.into(),
+            },
+        }
+    }
+
     /// Counts a failure that later queued appends must share; called before it is answered.
     fn count_failure(&self) {
         self.inner.append_failures.fetch_add(1, Ordering::AcqRel);
@@ -935,13 +946,9 @@ impl Appender {
         if failures_at_submit != self.inner.append_failures.load(Ordering::Acquire) {
             // Queued before an earlier append failed: writing it (perhaps to a new ledger)
             // would put it in the log while the one before it is missing.
-            let _ = reply.send(Err(ManagedLedgerError::AppendFailed {
-                name: self.name(),
-                source: LedgerError::WriterFailed {
-                    ledger_id: self.inner.state.lock().current_ledger_id(),
-                    reason: "an append queued before this one failed".into(),
-                },
-            }));
+            let _ = reply.send(Err(
+                self.failed_behind("an append queued before this one failed")
+            ));
             return;
         }
         let should_roll = {
@@ -991,13 +998,9 @@ impl Appender {
         if outcome.is_ok() && self.failed.is_some() {
             // Positions are contiguous: once an add failed, the log ends before it, so a later
             // add that reached its bookies is still reported as failed and never read back.
-            let _ = reply.send(Err(ManagedLedgerError::AppendFailed {
-                name: self.name(),
-                source: LedgerError::WriterFailed {
-                    ledger_id: self.inner.state.lock().current_ledger_id(),
-                    reason: "an earlier append to this ledger failed".into(),
-                },
-            }));
+            let _ = reply.send(Err(
+                self.failed_behind("an earlier append to this ledger failed")
+            ));
             return;
         }
         match outcome {

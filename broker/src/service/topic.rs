@@ -95,15 +95,13 @@ impl PendingSend {
     }
 
     pub async fn wait(mut self) -> BrokerResult<SendReceipt> {
-        let Some((append, _)) = self.append.as_mut() else {
+        let Some((append, accepted_before)) = self.append.as_mut() else {
             return self.wait_for_earlier().await;
         };
         let outcome = append.await;
-        let Some((_, accepted_before)) = self.append.take() else {
-            return Err(BrokerError::Unavailable(
-                "the send was already answered".into(),
-            ));
-        };
+        let accepted_before = *accepted_before;
+        // Recorded here, so dropping the send now has nothing left to record.
+        self.append = None;
         self.topic.record_outcome(
             &self.producer,
             self.highest_sequence_id,
