@@ -40,10 +40,7 @@ impl ClientError {
     /// Whether retrying (after a new lookup) may succeed.
     pub fn is_retryable(&self) -> bool {
         match self {
-            ClientError::Broker { code, .. } => matches!(
-                code,
-                ErrorCode::NotOwner | ErrorCode::ServiceUnavailable | ErrorCode::TooBusy
-            ),
+            ClientError::Broker { code, .. } => code.is_retryable(),
             ClientError::Unreachable { .. } | ClientError::Timeout(_) => true,
             _ => false,
         }

@@ -26,6 +26,17 @@ pub mod meta {
 /// The broker's client protocol: `proto/broker.proto`.
 pub mod broker {
     tonic::include_proto!("magnetar.broker");
+
+    impl ErrorCode {
+        /// Whether a client answers it by looking the topic up again and retrying; a producer
+        /// resends from its oldest unacknowledged batch.
+        pub fn is_retryable(self) -> bool {
+            matches!(
+                self,
+                ErrorCode::NotOwner | ErrorCode::ServiceUnavailable | ErrorCode::TooBusy
+            )
+        }
+    }
 }
 
 pub mod stored_batch;

@@ -66,12 +66,6 @@ impl BrokerError {
         }
     }
 
-    /// Whether a producer answers it by reconnecting and sending again from its oldest
-    /// unacknowledged batch (the client library does).
-    pub fn is_retryable(&self) -> bool {
-        is_retryable_code(self.code() as i32)
-    }
-
     /// The error as the client protocol carries it.
     pub fn to_wire(&self) -> WireError {
         WireError {
@@ -107,14 +101,3 @@ impl From<magnetar_meta::MetaError> for BrokerError {
 }
 
 pub type BrokerResult<T> = Result<T, BrokerError>;
-
-/// Whether a wire error code is one a producer answers by reconnecting and resending.
-pub fn is_retryable_code(code: i32) -> bool {
-    [
-        ErrorCode::NotOwner,
-        ErrorCode::ServiceUnavailable,
-        ErrorCode::TooBusy,
-    ]
-    .iter()
-    .any(|retryable| *retryable as i32 == code)
-}

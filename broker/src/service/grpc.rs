@@ -14,17 +14,17 @@ use futures::stream::{FuturesOrdered, Stream, StreamExt};
 use magnetar_proto::broker::broker_server::Broker;
 use magnetar_proto::broker::{
     consume_request, consume_response, produce_request, produce_response, seek, ConsumeRequest,
-    ConsumeResponse, Deliveries, Error as WireError, InitialPosition as WireInitialPosition,
-    LookupRequest, LookupResponse, MessageId, PartitionedMetadataRequest,
-    PartitionedMetadataResponse, ProduceRequest, ProduceResponse, ProducerOpened, SendFailed,
-    Subscribe, Subscribed, SubscriptionType as WireSubscriptionType,
+    ConsumeResponse, Deliveries, Error as WireError, ErrorCode,
+    InitialPosition as WireInitialPosition, LookupRequest, LookupResponse, MessageId,
+    PartitionedMetadataRequest, PartitionedMetadataResponse, ProduceRequest, ProduceResponse,
+    ProducerOpened, SendFailed, Subscribe, Subscribed, SubscriptionType as WireSubscriptionType,
 };
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::debug;
 
-use super::error::{is_retryable_code, BrokerError, BrokerResult};
+use super::error::{BrokerError, BrokerResult};
 use super::pending::{IndexRange, MessageRef};
 use super::subscription::{
     before, ConsumerEvent, ConsumerLink, SeekTo, SubscriptionHandle, CONSUMER_EVENT_QUEUE,
@@ -290,7 +290,7 @@ async fn serve_producer(
                     }
                     Err(error) => {
                         let fenced = matches!(error, BrokerError::NotOwner { .. });
-                        broken |= error.is_retryable();
+                        broken |= error.code().is_retryable();
                         let response = failed(error);
                         if fenced {
                             let _ = responses.send(response).await;
@@ -304,16 +304,9 @@ async fn serve_producer(
             }
             Some(response) = waiting.next(), if !waiting.is_empty() => {
                 waiting_failures.pop_front();
-                broken |= matches!(
-                    &response,
-                    Ok(ProduceResponse { kind: Some(produce_response::Kind::Failed(SendFailed { error: Some(error), .. })) })
-                        if is_retryable_code(error.code)
-                );
-                let closes = matches!(
-                    &response,
-                    Ok(ProduceResponse { kind: Some(produce_response::Kind::Failed(SendFailed { error: Some(error), .. })) })
-                        if error.code == magnetar_proto::broker::ErrorCode::NotOwner as i32
-                );
+                let failure = failed_send_code(&response);
+                broken |= failure.is_some_and(ErrorCode::is_retryable);
+                let closes = failure == Some(ErrorCode::NotOwner);
                 if responses.send(response).await.is_err() || closes {
                     return;
                 }
@@ -322,6 +315,19 @@ async fn serve_producer(
                 }
             }
         }
+    }
+}
+
+/// The error code of a send's failure, if the answer is one.
+fn failed_send_code(response: &Result<ProduceResponse, Status>) -> Option<ErrorCode> {
+    match response {
+        Ok(ProduceResponse {
+            kind:
+                Some(produce_response::Kind::Failed(SendFailed {
+                    error: Some(error), ..
+                })),
+        }) => ErrorCode::try_from(error.code).ok(),
+        _ => None,
     }
 }
 
