@@ -91,6 +91,13 @@ pub struct IndexBatch {
     usage_increments: HashMap<(u64, u64), u64>,
 }
 
+/// How often RocksDB starts writing back a file it is writing, in bytes.
+const BACKGROUND_SYNC_BYTES: u64 = 1024 * 1024;
+/// Bound on RocksDB's flush and compaction writes.
+const BACKGROUND_BYTES_PER_SEC: i64 = 64 * 1024 * 1024;
+/// The rate limiter hands out bytes this often: a short period keeps each grant small.
+const RATE_REFILL_PERIOD_US: i64 = 10_000;
+
 /// The index database.
 pub struct Index {
     db: DB,
@@ -102,6 +109,13 @@ impl Index {
         options.create_if_missing(true);
         options.create_missing_column_families(true);
         options.set_keep_log_file_num(4);
+        // RocksDB's own writes (memtable flushes, compactions, the WAL) share the disk with
+        // the journal's fdatasync, which every add waits for. Written in one burst, a memtable
+        // flush queues tens of megabytes ahead of it; written back a megabyte at a time and
+        // paced, it never holds a journal sync for more than a few requests.
+        options.set_bytes_per_sync(BACKGROUND_SYNC_BYTES);
+        options.set_wal_bytes_per_sync(BACKGROUND_SYNC_BYTES);
+        options.set_ratelimiter(BACKGROUND_BYTES_PER_SEC, RATE_REFILL_PERIOD_US, 10);
         let families = [ENTRIES, LEDGERS, LOG_USAGE]
             .into_iter()
             .map(|name| ColumnFamilyDescriptor::new(name, Options::default()));

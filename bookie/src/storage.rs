@@ -64,6 +64,8 @@ struct Caches {
     active: WriteCache,
     /// The generation being flushed (or whose flush failed and will be retried).
     flushing: Option<Arc<WriteCache>>,
+    /// The last flushed generation, emptied: the next active one (see [`crate::write_cache`]).
+    spare: Option<WriteCache>,
 }
 
 /// Counters for `GetBookieInfo` and tests.
@@ -433,7 +435,8 @@ impl LedgerStorage {
             match &caches.flushing {
                 Some(cache) => cache.clone(),
                 None => {
-                    let generation = Arc::new(std::mem::take(&mut caches.active));
+                    let next = caches.spare.take().unwrap_or_default();
+                    let generation = Arc::new(std::mem::replace(&mut caches.active, next));
                     caches.flushing = Some(generation.clone());
                     generation
                 }
@@ -462,6 +465,12 @@ impl LedgerStorage {
                 self.stats.flushes.fetch_add(1, Ordering::Relaxed);
                 if let Some(checkpoint) = checkpoint {
                     self.remove_journal_files_before(checkpoint);
+                }
+                // Emptied here, off the journal thread. A read still holding the generation
+                // keeps it, and the next one starts with a fresh table.
+                if let Ok(mut generation) = Arc::try_unwrap(cache) {
+                    generation.clear();
+                    self.caches.lock().spare = Some(generation);
                 }
                 Ok(())
             }

@@ -3,6 +3,12 @@
 //! Reads look here first. The flusher swaps the whole cache out, writes it to the entry log
 //! sorted by (ledger, entry) so each ledger's entries sit together, and then records how far
 //! the journal is covered (the checkpoint).
+//!
+//! A flushed generation is emptied and becomes the next active one, keeping its table. The
+//! journal thread inserts every entry before it answers the adds of its group; a fresh table
+//! that doubles as it fills moves everything it holds at once, into newly mapped memory, and
+//! at 50,000 adds/s that held every add for 1 to 3 ms several times a second. A recycled
+//! table is already as large as a generation gets, and its memory is already mapped.
 
 use std::collections::HashMap;
 
@@ -54,6 +60,13 @@ impl WriteCache {
 
     pub fn len(&self) -> usize {
         self.entries.len()
+    }
+
+    /// Empties the generation for reuse, keeping the memory of its table.
+    pub fn clear(&mut self) {
+        self.entries.clear();
+        self.payload_bytes = 0;
+        self.journal_position = JournalPosition::default();
     }
 
     /// Drops every entry of a deleted ledger.
@@ -108,5 +121,24 @@ mod tests {
             .map(|entry| (entry.ledger_id, entry.entry_id))
             .collect();
         assert_eq!(order, vec![(1, 2), (1, 5), (2, 0), (2, 1)]);
+    }
+
+    #[test]
+    fn a_cleared_generation_keeps_its_table_and_forgets_its_entries() {
+        let mut cache = WriteCache::default();
+        for entry in 0..1000 {
+            cache.insert(new_entry(1, entry, -1, Bytes::from_static(b"abc")));
+        }
+        cache.set_journal_position(JournalPosition {
+            file_id: 3,
+            offset: 4096,
+        });
+        let capacity = cache.entries.capacity();
+        cache.clear();
+        assert!(cache.is_empty());
+        assert_eq!(cache.payload_bytes(), 0);
+        assert_eq!(cache.journal_position(), JournalPosition::default());
+        assert!(cache.get(1, 0).is_none());
+        assert_eq!(cache.entries.capacity(), capacity);
     }
 }
