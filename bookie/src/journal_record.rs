@@ -30,6 +30,11 @@ pub const RECORD_HEADER_BYTES: usize = 8;
 const ENTRY_KIND: u8 = 1;
 const ENTRY_BODY_FIXED_BYTES: usize = 1 + 8 + 8 + 8 + 4;
 
+/// Bytes an entry with `payload_bytes` of payload takes in the journal.
+pub fn entry_record_bytes(payload_bytes: usize) -> usize {
+    RECORD_HEADER_BYTES + ENTRY_BODY_FIXED_BYTES + payload_bytes
+}
+
 /// The header every journal file starts with.
 pub fn file_header(recycled: bool) -> [u8; FILE_HEADER_BYTES as usize] {
     let mut header = [0u8; FILE_HEADER_BYTES as usize];
@@ -85,7 +90,7 @@ pub fn check_file_header(bytes: &[u8], file_id: u64) -> Result<FileHeader, Strin
 
 /// Bytes one entry takes in the journal.
 pub fn encoded_entry_len(entry: &Entry) -> usize {
-    RECORD_HEADER_BYTES + ENTRY_BODY_FIXED_BYTES + entry.payload.len()
+    entry_record_bytes(entry.payload.len())
 }
 
 /// Appends an entry's record to `buffer`, checksummed from `seed` (its file's

@@ -4,23 +4,28 @@
 //! W writers each own a ledger and an AddEntries stream. Without `--rate`, each keeps a window
 //! of entries in flight in batches. With `--rate`, a pacing thread releases entries on
 //! schedule and latency counts from the scheduled time, so a stall is charged to every entry
-//! it delayed.
+//! it delayed. Before the bookie starts, the disk's raw fdatasync and, for a paced run, its
+//! group-commit floor at that rate are measured, so the add latency can be read against both.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use bytes::Bytes;
 use clap::Args;
+use magnetar_bookie::journal_record::entry_record_bytes;
 use magnetar_bookie::{new_entry, BookieClient, BookieConfig, RunningBookie};
 use magnetar_proto::bookie::{AddRequest, ErrorCode};
 use tokio::sync::mpsc;
 
 use super::pacer::pace;
-use super::raw_fsync::measure_raw_fsync;
+use super::raw_fsync::{measure_group_commit_floor, measure_raw_fsync};
 use super::report::{spawn_progress, Figures, LatencyHistogram};
+
+/// How long the group-commit floor of a paced run is measured.
+const FLOOR_PROBE_DURATION: Duration = Duration::from_secs(2);
 
 #[derive(Args)]
 pub struct BookiePerfArgs {
@@ -90,6 +95,23 @@ async fn run_async(args: BookiePerfArgs) -> anyhow::Result<()> {
             data_dir.display()
         );
     }
+    let floor = match args.rate {
+        Some(rate) => {
+            let dir = data_dir.clone();
+            let record_bytes = entry_record_bytes(args.entry_size);
+            let (p50_us, p99_us) = tokio::task::spawn_blocking(move || {
+                measure_group_commit_floor(&dir, rate, record_bytes, FLOOR_PROBE_DURATION)
+            })
+            .await??;
+            if !args.json {
+                println!(
+                    "group commit floor at {rate}/s (one thread, no network): p50 {p50_us} us, p99 {p99_us} us"
+                );
+            }
+            Some((p50_us, p99_us))
+        }
+        None => None,
+    };
 
     let (bookie, address) = match &args.bookie {
         Some(address) => (None, address.clone()),
@@ -214,6 +236,11 @@ async fn run_async(args: BookiePerfArgs) -> anyhow::Result<()> {
         .set("raw_fsync_p50_us", raw_p50_us)
         .set("raw_fsync_p99_us", raw_p99_us)
         .set("failed_adds", failures);
+    if let Some((floor_p50_us, floor_p99_us)) = floor {
+        figures
+            .set("floor_p50_us", floor_p50_us)
+            .set("floor_p99_us", floor_p99_us);
+    }
     figures.print_json_line();
     if failures > 0 {
         bail!("{failures} adds failed");

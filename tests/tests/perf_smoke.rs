@@ -1,0 +1,94 @@
+//! Smoke runs of `magnetar perf bookie`, from the build the other tests use: the benchmark runs
+//! end to end against a bookie it starts, and its closing JSON line holds every figure.
+
+use std::process::Command;
+
+use magnetar_tests::process::magnetar_binary;
+use serde_json::Value;
+
+/// Keys every run reports.
+const FIGURES: [&str; 9] = [
+    "adds_per_sec",
+    "mb_per_sec",
+    "add_p50_us",
+    "add_p99_us",
+    "add_p999_us",
+    "fsyncs_per_sec",
+    "entries_per_fsync",
+    "raw_fsync_p50_us",
+    "raw_fsync_p99_us",
+];
+
+/// Runs `magnetar perf bookie` with `args` in a fresh directory and returns its JSON line.
+fn perf_bookie(args: &[&str]) -> Value {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let output = Command::new(magnetar_binary())
+        .args(["perf", "bookie", "--json", "--data-dir"])
+        .arg(dir.path())
+        .args(args)
+        .output()
+        .expect("magnetar runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "perf bookie {args:?} failed: {}\n{stdout}\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let line = stdout.lines().last().expect("perf bookie printed a line");
+    serde_json::from_str(line).unwrap_or_else(|error| panic!("not JSON ({error}): {line}"))
+}
+
+fn figure(json: &Value, key: &str) -> f64 {
+    json.get(key)
+        .and_then(Value::as_f64)
+        .unwrap_or_else(|| panic!("no figure {key} in {json}"))
+}
+
+#[test]
+fn an_unlimited_run_acknowledges_every_add_and_reports_every_figure() {
+    let json = perf_bookie(&[
+        "--entries",
+        "20000",
+        "--writers",
+        "4",
+        "--entry-size",
+        "100",
+    ]);
+    for key in FIGURES {
+        figure(&json, key);
+    }
+    assert_eq!(figure(&json, "entries"), 20000.0);
+    assert_eq!(figure(&json, "failed_adds"), 0.0);
+    assert!(figure(&json, "adds_per_sec") > 0.0);
+    assert!(figure(&json, "entries_per_fsync") >= 1.0);
+    assert!(
+        json.get("floor_p50_us").is_none(),
+        "an unpaced run has no floor: {json}"
+    );
+}
+
+#[test]
+fn a_paced_run_also_reports_the_group_commit_floor_at_its_rate() {
+    let json = perf_bookie(&[
+        "--entries",
+        "2000",
+        "--writers",
+        "2",
+        "--entry-size",
+        "100",
+        "--rate",
+        "4000",
+    ]);
+    for key in FIGURES {
+        figure(&json, key);
+    }
+    assert_eq!(figure(&json, "entries"), 2000.0);
+    assert_eq!(figure(&json, "rate"), 4000.0);
+    let floor_p50_us = figure(&json, "floor_p50_us");
+    let floor_p99_us = figure(&json, "floor_p99_us");
+    assert!(
+        floor_p50_us >= 1.0 && floor_p99_us >= floor_p50_us,
+        "floor p50 {floor_p50_us} us, p99 {floor_p99_us} us"
+    );
+}
