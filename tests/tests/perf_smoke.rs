@@ -19,11 +19,15 @@ const FIGURES: [&str; 9] = [
     "raw_fsync_p99_us",
 ];
 
-/// Runs `magnetar perf bookie` with `args` in a fresh directory and returns its JSON line.
-fn perf_bookie(args: &[&str]) -> Value {
+/// Runs `magnetar perf bookie` for `entries` adds of 100 bytes, with `args`, in a fresh
+/// directory; checks that every add was acknowledged and every figure reported, and returns the
+/// JSON line.
+fn perf_bookie(entries: u64, args: &[&str]) -> Value {
     let dir = tempfile::tempdir().expect("a temporary directory");
     let output = Command::new(magnetar_binary())
-        .args(["perf", "bookie", "--json", "--data-dir"])
+        .args(["perf", "bookie", "--json", "--entry-size", "100"])
+        .arg(format!("--entries={entries}"))
+        .arg("--data-dir")
         .arg(dir.path())
         .args(args)
         .output()
@@ -36,7 +40,14 @@ fn perf_bookie(args: &[&str]) -> Value {
         String::from_utf8_lossy(&output.stderr)
     );
     let line = stdout.lines().last().expect("perf bookie printed a line");
-    serde_json::from_str(line).unwrap_or_else(|error| panic!("not JSON ({error}): {line}"))
+    let json: Value =
+        serde_json::from_str(line).unwrap_or_else(|error| panic!("not JSON ({error}): {line}"));
+    for key in FIGURES {
+        figure(&json, key);
+    }
+    assert_eq!(figure(&json, "entries"), entries as f64);
+    assert_eq!(figure(&json, "failed_adds"), 0.0);
+    json
 }
 
 fn figure(json: &Value, key: &str) -> f64 {
@@ -47,19 +58,7 @@ fn figure(json: &Value, key: &str) -> f64 {
 
 #[test]
 fn an_unlimited_run_acknowledges_every_add_and_reports_every_figure() {
-    let json = perf_bookie(&[
-        "--entries",
-        "20000",
-        "--writers",
-        "4",
-        "--entry-size",
-        "100",
-    ]);
-    for key in FIGURES {
-        figure(&json, key);
-    }
-    assert_eq!(figure(&json, "entries"), 20000.0);
-    assert_eq!(figure(&json, "failed_adds"), 0.0);
+    let json = perf_bookie(20_000, &["--writers", "4"]);
     assert!(figure(&json, "adds_per_sec") > 0.0);
     assert!(figure(&json, "entries_per_fsync") >= 1.0);
     assert!(
@@ -70,20 +69,7 @@ fn an_unlimited_run_acknowledges_every_add_and_reports_every_figure() {
 
 #[test]
 fn a_paced_run_also_reports_the_group_commit_floor_at_its_rate() {
-    let json = perf_bookie(&[
-        "--entries",
-        "2000",
-        "--writers",
-        "2",
-        "--entry-size",
-        "100",
-        "--rate",
-        "4000",
-    ]);
-    for key in FIGURES {
-        figure(&json, key);
-    }
-    assert_eq!(figure(&json, "entries"), 2000.0);
+    let json = perf_bookie(2_000, &["--writers", "2", "--rate", "4000"]);
     assert_eq!(figure(&json, "rate"), 4000.0);
     let floor_p50_us = figure(&json, "floor_p50_us");
     let floor_p99_us = figure(&json, "floor_p99_us");
