@@ -12,6 +12,8 @@ use anyhow::Context;
 use super::report::LatencyHistogram;
 
 const BLOCK_BYTES: usize = 4096;
+/// Most the group-commit probe writes.
+const FLOOR_PROBE_MAX_BYTES: usize = 64 * 1024 * 1024;
 
 /// p50 and p99 in microseconds of `iterations` write+fdatasync rounds in `dir`.
 pub fn measure_raw_fsync(dir: &Path, iterations: usize) -> anyhow::Result<(u64, u64)> {
@@ -35,16 +37,20 @@ pub fn measure_raw_fsync(dir: &Path, iterations: usize) -> anyhow::Result<(u64, 
 /// `record_bytes` fall due on schedule for `duration`, and one thread commits them in groups,
 /// each everything due so far in one write and one fdatasync, as the journal does. Latency
 /// counts from when each entry fell due. There is no network, no queue and no other thread,
-/// and the thread spins rather than sleeps between groups: no add at this rate can do better
-/// on this disk. An entry that falls due during a flush waits for it and then for its own, so
-/// at rates that keep the disk busy this floor is about one and a half flushes.
+/// and the thread spins rather than sleeps between groups: an add committed this way at this
+/// rate cannot do better on this disk. An entry that falls due during a flush waits for it and
+/// then for its own, so at rates that keep the disk busy this floor is about one and a half
+/// flushes. The probe stops early past `FLOOR_PROBE_MAX_BYTES` (high rates, large entries).
 pub fn measure_group_commit_floor(
     dir: &Path,
     rate_per_sec: u64,
     record_bytes: usize,
     duration: Duration,
 ) -> anyhow::Result<(u64, u64)> {
-    let total = ((rate_per_sec as f64 * duration.as_secs_f64()) as usize).max(1);
+    let scheduled = (rate_per_sec as f64 * duration.as_secs_f64()) as usize;
+    let total = scheduled
+        .min(FLOOR_PROBE_MAX_BYTES / record_bytes.max(1))
+        .max(1);
     let path = dir.join("group-commit-probe");
     let file = zero_filled_probe(&path, total * record_bytes)?;
     let records = vec![0x5au8; total * record_bytes];
