@@ -112,7 +112,7 @@ impl Index {
         // RocksDB's own writes (memtable flushes, compactions, the WAL) share the disk with
         // the journal's fdatasync, which every add waits for. Written in one burst, a memtable
         // flush queues tens of megabytes ahead of it; written back a megabyte at a time and
-        // paced, it never holds a journal sync for more than a few requests.
+        // paced, only a little of it is ever queued ahead of a journal sync.
         options.set_bytes_per_sync(BACKGROUND_SYNC_BYTES);
         options.set_wal_bytes_per_sync(BACKGROUND_SYNC_BYTES);
         options.set_ratelimiter(BACKGROUND_BYTES_PER_SEC, RATE_REFILL_PERIOD_US, 10);

@@ -7,7 +7,7 @@
 //! A flushed generation is emptied and becomes the next active one, keeping its table. The
 //! journal thread inserts every entry before it answers the adds of its group; a fresh table
 //! that doubles as it fills moves everything it holds at once, into newly mapped memory, and
-//! at 50,000 adds/s that held every add for 1 to 10 ms several times a second. A recycled
+//! at 50,000 adds/s that held every add for up to 10 ms several times a second. A recycled
 //! table already has room for a generation, and most of its memory is already mapped.
 
 use std::collections::HashMap;
