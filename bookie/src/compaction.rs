@@ -11,13 +11,14 @@
 
 use std::collections::HashSet;
 use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use tracing::{info, warn};
 
 use crate::entry_log::EntryLocation;
 use crate::error::Result;
 use crate::storage::LedgerStorage;
+use crate::write_pace::WritePace;
 
 /// Bytes rewritten per step; each step holds the flush lock only for its own duration.
 const STEP_BYTES: u64 = 4 * 1024 * 1024;
@@ -164,13 +165,8 @@ impl LedgerStorage {
 
     /// Sleeps as needed to keep the rewrite rate under its bound.
     fn pace(&self, bytes_so_far: u64, started: Instant) {
-        let allowed = Duration::from_secs_f64(
-            bytes_so_far as f64 / self.config.compaction_max_bytes_per_sec as f64,
-        );
-        let elapsed = started.elapsed();
-        if allowed > elapsed {
-            std::thread::sleep(allowed - elapsed);
-        }
+        let pace = WritePace::at_rate(self.config.compaction_max_bytes_per_sec as f64, started);
+        std::thread::sleep(pace.wait_before(bytes_so_far, Instant::now()));
     }
 
     /// The compactor thread's loop.

@@ -35,6 +35,11 @@ const WRITE_BUFFER_BYTES: usize = 1024 * 1024;
 /// the flush's final fdatasync finds little left to write (see [`crate::write_back`]).
 const WRITEBACK_CHUNK_BYTES: usize = 256 * 1024;
 
+/// Bytes an entry with `payload_bytes` of payload takes in an entry log.
+pub fn record_bytes(payload_bytes: usize) -> u64 {
+    (RECORD_HEADER_BYTES + BODY_FIXED_BYTES + payload_bytes) as u64
+}
+
 /// Where an entry lives.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct EntryLocation {
@@ -131,7 +136,7 @@ impl EntryLogWriter {
 
     /// Appends an entry; it is durable only after [`EntryLogWriter::sync`].
     pub fn append(&mut self, entry: &Entry) -> Result<EntryLocation> {
-        let record_len = RECORD_HEADER_BYTES + BODY_FIXED_BYTES + entry.payload.len();
+        let record_len = record_bytes(entry.payload.len()) as usize;
         let needs_new_log = match &self.current {
             None => true,
             Some(log) => {
@@ -171,6 +176,19 @@ impl EntryLogWriter {
             offset,
             length: record_len as u32,
         })
+    }
+
+    /// Bytes appended and not yet written to the file.
+    pub fn buffered_bytes(&self) -> usize {
+        self.buffer.len()
+    }
+
+    /// Writes what is buffered to the file and starts its writeback, without syncing; returns
+    /// how many bytes that was. A paced flush calls this a step at a time.
+    pub fn write_buffered(&mut self) -> Result<u64> {
+        let bytes = self.buffer.len() as u64;
+        self.write_buffer()?;
+        Ok(bytes)
     }
 
     /// Writes what is buffered and makes every appended entry durable.

@@ -308,6 +308,16 @@ impl Index {
 
     /// Commits a batch with a synced write. `usage` holds the bytes each (log, ledger) had
     /// before; the batch's increments are added to it and written, and the map is updated.
+    /// Writes the batch's puts so far without syncing and empties it, keeping its log usage
+    /// for [`Index::commit`]. A flush writes its locations a step at a time this way, after
+    /// the entry log they point into is synced; the final synced commit makes them durable.
+    pub fn write_unsynced(&self, batch: &mut IndexBatch) -> Result<()> {
+        let puts = std::mem::take(&mut batch.batch);
+        self.db
+            .write_opt(puts, &WriteOptions::default())
+            .map_err(|source| BookieError::index("writing a flush step", source))
+    }
+
     pub fn commit(
         &self,
         mut batch: IndexBatch,

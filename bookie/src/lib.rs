@@ -19,6 +19,8 @@
 //! - [`journal`]: the group-commit writer thread and its preallocated (or recycled) files.
 //! - [`write_cache`]: entries durable in the journal, not yet in an entry log.
 //! - `write_back`: pages written to the disk ahead of an fdatasync, in bounded pieces.
+//! - `write_pace`: how fast the flusher and the compactor write, so a journal sync never
+//!   queues behind a burst.
 //! - [`entry_log`]: append-only entry log files and their reader.
 //! - [`index`]: RocksDB: entry locations, ledger metadata, log usage, checkpoint.
 //! - [`storage`]: ledger storage tying the above together; flusher and journal replay.
@@ -49,6 +51,7 @@ pub mod storage;
 mod thread_priority;
 mod write_back;
 pub mod write_cache;
+mod write_pace;
 
 pub use bookie::RunningBookie;
 pub use client::{AddStream, BookieClient, LacReading};

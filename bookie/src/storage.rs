@@ -17,11 +17,11 @@ use bytes::Bytes;
 use magnetar_proto::bookie::Entry;
 use parking_lot::{Condvar, Mutex};
 use tokio::sync::watch;
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::config::BookieConfig;
 use crate::disk::{ReadOnlyCause, ReadOnlyState};
-use crate::entry_log::{list_entry_logs, EntryLogReader, EntryLogWriter};
+use crate::entry_log::{list_entry_logs, record_bytes, EntryLogReader, EntryLogWriter};
 use crate::error::{BookieError, Result};
 use crate::index::{Index, LedgerMeta};
 use crate::journal::{
@@ -30,6 +30,7 @@ use crate::journal::{
 };
 use crate::journal_record::{check_file_header, scan_record, Scanned, FILE_HEADER_BYTES};
 use crate::write_cache::WriteCache;
+use crate::write_pace::WritePace;
 
 /// A ledger as the bookie tracks it in memory.
 pub(crate) struct LedgerState {
@@ -66,7 +67,16 @@ struct Caches {
     flushing: Option<Arc<WriteCache>>,
     /// The last flushed generation, emptied: the next active one (see [`crate::write_cache`]).
     spare: Option<WriteCache>,
+    /// When the active generation became active (`None`: since the bookie opened).
+    active_since: Option<Instant>,
 }
+
+/// A paced flush writes the entry log this many bytes at a time (see [`crate::write_pace`]).
+const FLUSH_STEP_BYTES: usize = 64 * 1024;
+/// ... and the index this many locations at a time.
+const INDEX_STEP_ENTRIES: usize = 1024;
+/// About what one location costs in the index's write-ahead log, for pacing.
+const INDEX_BYTES_PER_ENTRY: u64 = 48;
 
 /// Counters for `GetBookieInfo` and tests.
 #[derive(Default, Debug)]
@@ -213,13 +223,14 @@ impl LedgerStorage {
                 }
             }
             report.entries += replayed.len() as u64;
-            self.entries_durable(
-                replayed,
-                JournalPosition {
-                    file_id,
-                    offset: offset as u64,
-                },
-            );
+            let position = JournalPosition {
+                file_id,
+                offset: offset as u64,
+            };
+            // The flusher thread starts only after replay: flush here, not wait for it.
+            if self.cache_entries(replayed, position) >= self.config.write_cache_flush_bytes {
+                self.flush()?;
+            }
         }
         info!(
             entries = report.entries,
@@ -418,7 +429,7 @@ impl LedgerStorage {
                 *requested = false;
             }
             let stopping = self.stopping.load(Ordering::Acquire);
-            if let Err(error) = self.flush() {
+            if let Err(error) = self.flush_generation(!stopping) {
                 error!(%error, "flushing the write cache failed; will retry");
             }
             if stopping {
@@ -427,20 +438,41 @@ impl LedgerStorage {
         }
     }
 
-    /// Writes the write cache to the entry log and the index, then moves the checkpoint.
+    /// Writes the write cache to the entry log and the index, then moves the checkpoint, as
+    /// fast as the disk allows.
     pub fn flush(&self) -> Result<()> {
+        self.flush_generation(false)
+    }
+
+    /// A flush; `paced` spreads its writes over half the time the generation took to fill
+    /// (see [`crate::write_pace`]).
+    fn flush_generation(&self, paced: bool) -> Result<()> {
         let _flush = self.flush_lock.lock();
-        let cache = {
+        let (cache, filled_in) = {
             let mut caches = self.caches.lock();
             match &caches.flushing {
-                Some(cache) => cache.clone(),
+                // A retry after a failure: no reason to hold it back.
+                Some(cache) => (cache.clone(), None),
                 None => {
                     let next = caches.spare.take().unwrap_or_default();
                     let generation = Arc::new(std::mem::replace(&mut caches.active, next));
                     caches.flushing = Some(generation.clone());
-                    generation
+                    let filled_in = caches
+                        .active_since
+                        .replace(Instant::now())
+                        .map(|since| since.elapsed());
+                    (generation, filled_in)
                 }
             }
+        };
+        let now = Instant::now();
+        let pace = match filled_in {
+            Some(filled_in) if paced => {
+                let bytes = cache.payload_bytes() as u64
+                    + cache.len() as u64 * (record_bytes(0) + INDEX_BYTES_PER_ENTRY);
+                WritePace::for_generation(bytes, filled_in, now)
+            }
+            _ => WritePace::unpaced(now),
         };
         let (dirty, live): (Vec<(u64, LedgerMeta)>, HashSet<u64>) = {
             let mut ledgers = self.ledgers.lock();
@@ -454,9 +486,15 @@ impl LedgerStorage {
                 .collect();
             (dirty, ledgers.keys().copied().collect())
         };
-        let result = self.write_generation(&cache, &dirty, &live);
+        let result = self.write_generation(&cache, &dirty, &live, &pace);
         match result {
             Ok(checkpoint) => {
+                debug!(
+                    entries = cache.len(),
+                    elapsed_ms = now.elapsed().as_millis() as u64,
+                    paced_mb_per_sec = pace.bytes_per_sec().map(|rate| rate / 1e6),
+                    "flushed a write-cache generation"
+                );
                 {
                     let mut caches = self.caches.lock();
                     caches.flushing = None;
@@ -489,27 +527,47 @@ impl LedgerStorage {
         }
     }
 
+    /// The entry log first, synced, then the index a step at a time, then one synced commit
+    /// of ledger metadata, log usage and the checkpoint. Index steps written before a crash
+    /// point only into synced entry logs, and the journal from the old checkpoint is replayed.
     fn write_generation(
         &self,
         cache: &WriteCache,
         dirty: &[(u64, LedgerMeta)],
         live: &HashSet<u64>,
+        pace: &WritePace,
     ) -> Result<Option<JournalPosition>> {
         if cache.is_empty() && dirty.is_empty() {
             return Ok(None);
         }
         let mut batch = self.index.new_batch();
         if !cache.is_empty() {
-            let mut writer = self.writer.lock();
-            for entry in cache.sorted_entries() {
-                if !live.contains(&entry.ledger_id) {
-                    continue;
+            let mut written = 0u64;
+            let mut locations = Vec::with_capacity(cache.len());
+            {
+                let mut writer = self.writer.lock();
+                for entry in cache.sorted_entries() {
+                    if !live.contains(&entry.ledger_id) {
+                        continue;
+                    }
+                    let location = writer.append(entry)?;
+                    locations.push((entry.ledger_id, entry.entry_id, location));
+                    if writer.buffered_bytes() >= FLUSH_STEP_BYTES {
+                        written += writer.write_buffered()?;
+                        self.keep_pace(pace, written);
+                    }
                 }
-                let location = writer.append(entry)?;
-                self.index
-                    .put_location(&mut batch, entry.ledger_id, entry.entry_id, location)?;
+                writer.sync()?;
             }
-            writer.sync()?;
+            for step in locations.chunks(INDEX_STEP_ENTRIES) {
+                for (ledger_id, entry_id, location) in step {
+                    self.index
+                        .put_location(&mut batch, *ledger_id, *entry_id, *location)?;
+                }
+                self.index.write_unsynced(&mut batch)?;
+                written += step.len() as u64 * INDEX_BYTES_PER_ENTRY;
+                self.keep_pace(pace, written);
+            }
         }
         for (ledger_id, meta) in dirty {
             self.index.put_ledger(&mut batch, *ledger_id, meta)?;
@@ -526,6 +584,22 @@ impl LedgerStorage {
         }
         self.index.commit(batch, &mut self.usage.lock())?;
         Ok(checkpoint)
+    }
+
+    /// Waits until a paced flush is due to write past `written` bytes, unless adds have
+    /// already filled the next generation or the bookie is stopping: then the flush goes on
+    /// as fast as the disk allows.
+    fn keep_pace(&self, pace: &WritePace, written: u64) {
+        let wait = pace.wait_before(written, Instant::now());
+        if wait.is_zero() {
+            return;
+        }
+        let mut requested = self.flush_requested.lock();
+        if *requested || self.stopping.load(Ordering::Acquire) {
+            return;
+        }
+        // A request for the next flush, or the stop, wakes this early.
+        self.flush_wakeup.wait_for(&mut requested, wait);
     }
 
     fn remove_journal_files_before(&self, checkpoint: JournalPosition) {
@@ -558,8 +632,10 @@ impl LedgerStorage {
     }
 }
 
-impl JournalSink for LedgerStorage {
-    fn entries_durable(&self, entries: Vec<Entry>, position: JournalPosition) {
+impl LedgerStorage {
+    /// Puts entries durable in the journal up to `position` into the write cache and moves
+    /// their ledgers' LAC and last entry; returns the bytes the active generation now holds.
+    fn cache_entries(&self, entries: Vec<Entry>, position: JournalPosition) -> usize {
         let mut updates: HashMap<u64, (i64, i64)> = HashMap::new();
         for entry in &entries {
             let update = updates.entry(entry.ledger_id).or_insert((-1, -1));
@@ -591,6 +667,13 @@ impl JournalSink for LedgerStorage {
                 }
             }
         }
+        cache_bytes
+    }
+}
+
+impl JournalSink for LedgerStorage {
+    fn entries_durable(&self, entries: Vec<Entry>, position: JournalPosition) {
+        let cache_bytes = self.cache_entries(entries, position);
         let flush_at = self.config.write_cache_flush_bytes;
         if cache_bytes >= flush_at {
             self.request_flush();

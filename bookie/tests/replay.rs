@@ -86,3 +86,33 @@ fn flipped_byte_stops_replay_at_the_damaged_record() {
     // The replayed entries were flushed and checkpointed: a second open replays nothing new.
     drop(storage);
 }
+
+#[test]
+fn a_journal_longer_than_the_write_cache_is_flushed_as_it_replays() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = prepare(dir.path(), 8);
+    // Three files of 1.5 MiB of payload each, against a 1 MiB flush size: the write cache
+    // passes twice the flush size during replay, before any flusher thread runs.
+    let per_file = 1536;
+    let entries: Vec<_> = (0..3 * per_file).map(|id| entry(8, id, 1024)).collect();
+    for (file, chunk) in entries.chunks(per_file as usize).enumerate() {
+        write_journal(&config.journal_dir(), file as u64 + 1, chunk, |_| {});
+    }
+    let journal_dir = config.journal_dir();
+
+    let (storage, report) = LedgerStorage::open(config).expect("open replays");
+    assert_eq!(report.entries, entries.len() as u64);
+    // One flush per file as replay passed the flush size, and the one after replay.
+    let flushes = storage
+        .stats
+        .flushes
+        .load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(flushes, 4, "flushes during and after replay");
+    // Files wholly before the checkpoint were retired as replay went.
+    assert!(!journal_dir.join(journal_file_name(1)).exists());
+    assert!(!journal_dir.join(journal_file_name(2)).exists());
+    let read = storage
+        .read_entries(8, 0, entries.len() as u64, u64::MAX)
+        .expect("read");
+    assert_eq!(read, entries);
+}
