@@ -58,7 +58,8 @@ fn figure(json: &Value, key: &str) -> f64 {
 
 #[test]
 fn an_unlimited_run_acknowledges_every_add_and_reports_every_figure() {
-    let json = perf_bookie(20_000, &["--writers", "4"]);
+    let json = perf_bookie(20_000, &["--writers", "4", "--connections", "2"]);
+    assert_eq!(figure(&json, "connections"), 2.0);
     assert!(figure(&json, "adds_per_sec") > 0.0);
     assert!(figure(&json, "entries_per_fsync") >= 1.0);
     assert!(
@@ -71,6 +72,8 @@ fn an_unlimited_run_acknowledges_every_add_and_reports_every_figure() {
 fn a_paced_run_also_reports_the_group_commit_floor_at_its_rate() {
     let json = perf_bookie(2_000, &["--writers", "2", "--rate", "4000"]);
     assert_eq!(figure(&json, "rate"), 4000.0);
+    // The writers' streams share one connection unless asked otherwise.
+    assert_eq!(figure(&json, "connections"), 1.0);
     let floor_p50_us = figure(&json, "floor_p50_us");
     let floor_p99_us = figure(&json, "floor_p99_us");
     assert!(
