@@ -419,15 +419,22 @@ impl LedgerStorage {
     /// The flusher thread's loop: flush when asked or every `flush_interval`, and once more on
     /// the way out.
     pub fn run_flusher(self: Arc<Self>) {
+        let mut last_started = Instant::now();
         loop {
             {
+                // Counted from the last flush's start: a paced flush takes about half the
+                // interval, and counting from its end would stretch each generation to twice it.
+                let due_in = self
+                    .config
+                    .flush_interval
+                    .saturating_sub(last_started.elapsed());
                 let mut requested = self.flush_requested.lock();
-                if !*requested && !self.stopping.load(Ordering::Acquire) {
-                    self.flush_wakeup
-                        .wait_for(&mut requested, self.config.flush_interval);
+                if !*requested && !self.stopping.load(Ordering::Acquire) && !due_in.is_zero() {
+                    self.flush_wakeup.wait_for(&mut requested, due_in);
                 }
                 *requested = false;
             }
+            last_started = Instant::now();
             let stopping = self.stopping.load(Ordering::Acquire);
             if let Err(error) = self.flush_generation(!stopping) {
                 error!(%error, "flushing the write cache failed; will retry");

@@ -72,8 +72,8 @@ fn an_unlimited_run_acknowledges_every_add_and_reports_every_figure() {
 fn a_paced_run_also_reports_the_group_commit_floor_at_its_rate() {
     let json = perf_bookie(2_000, &["--writers", "2", "--rate", "4000"]);
     assert_eq!(figure(&json, "rate"), 4000.0);
-    // The writers' streams share one connection unless asked otherwise.
-    assert_eq!(figure(&json, "connections"), 1.0);
+    // Each writer has its own connection unless asked otherwise.
+    assert_eq!(figure(&json, "connections"), 2.0);
     let floor_p50_us = figure(&json, "floor_p50_us");
     let floor_p99_us = figure(&json, "floor_p99_us");
     assert!(

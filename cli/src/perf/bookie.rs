@@ -1,9 +1,9 @@
 //! `magnetar perf bookie`: adds through gRPC to one bookie, every add acknowledged only after
 //! the journal's fdatasync.
 //!
-//! W writers each own a ledger and an AddEntries stream; the streams share one connection (as
-//! the ledger client shares one per bookie among its ledgers) unless `--connections` asks for
-//! more. Without `--rate`, each keeps a window of entries in flight in batches. With `--rate`,
+//! W writers each own a ledger and an AddEntries stream, each on its own connection unless
+//! `--connections` has them share fewer (the ledger client shares one per bookie among all its
+//! ledgers). Without `--rate`, each keeps a window of entries in flight in batches. With `--rate`,
 //! a pacing thread releases entries on schedule and latency counts from the scheduled time, so
 //! a stall is charged to every entry it delayed. Before the bookie starts, the disk's raw fdatasync and, for a paced run, its
 //! group-commit floor at that rate are measured, so the add latency can be read against both.
@@ -39,10 +39,10 @@ pub struct BookiePerfArgs {
     /// Concurrent writers, each with its own ledger and stream.
     #[arg(long, default_value_t = 16)]
     pub writers: u64,
-    /// Connections the writers' streams share, round robin. One, as the ledger client keeps
-    /// one connection per bookie for all its ledgers.
-    #[arg(long, default_value_t = 1)]
-    pub connections: u64,
+    /// Connections the writers' streams share, round robin (default: one per writer). The
+    /// ledger client keeps one connection per bookie for all its ledgers, as `--connections 1`.
+    #[arg(long)]
+    pub connections: Option<u64>,
     /// Target adds per second across all writers; unlimited when absent.
     #[arg(long)]
     pub rate: Option<u64>,
@@ -67,7 +67,7 @@ pub fn run(args: BookiePerfArgs) -> anyhow::Result<()> {
     if args.writers == 0 || args.entries < args.writers || args.entry_size == 0 {
         bail!("need --writers >= 1, --entries >= --writers and --entry-size >= 1");
     }
-    if args.connections == 0 {
+    if args.connections == Some(0) {
         bail!("need --connections >= 1");
     }
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -139,7 +139,7 @@ async fn run_async(args: BookiePerfArgs) -> anyhow::Result<()> {
     let client = BookieClient::connect(&address).await?;
     let info_before = client.info().await?;
     let mut connections = Vec::new();
-    for _ in 0..args.connections.min(args.writers) {
+    for _ in 0..connection_count(&args) {
         connections.push(BookieClient::connect(&address).await?);
     }
 
@@ -237,7 +237,7 @@ async fn run_async(args: BookiePerfArgs) -> anyhow::Result<()> {
         .set("entries", acknowledged)
         .set("entry_size", args.entry_size as u64)
         .set("writers", args.writers)
-        .set("connections", args.connections.min(args.writers))
+        .set("connections", connection_count(&args))
         .set("rate", args.rate.unwrap_or(0))
         .set_f64("adds_per_sec", adds_per_sec)
         .set_f64("mb_per_sec", mb_per_sec)
@@ -259,6 +259,10 @@ async fn run_async(args: BookiePerfArgs) -> anyhow::Result<()> {
         bail!("{failures} adds failed");
     }
     Ok(())
+}
+
+fn connection_count(args: &BookiePerfArgs) -> u64 {
+    args.connections.unwrap_or(args.writers).min(args.writers)
 }
 
 /// Keeps up to `window` entries in flight in requests of `batch`.
