@@ -19,8 +19,8 @@
 //! - [`journal`]: the group-commit writer thread and its preallocated (or recycled) files.
 //! - [`write_cache`]: entries durable in the journal, not yet in an entry log.
 //! - `write_back`: pages written to the disk ahead of an fdatasync, in bounded pieces.
-//! - `write_pace`: how fast the flusher and the compactor write, so a journal sync never
-//!   queues behind a burst.
+//! - `write_pace`: how fast the flusher and the compactor write, in steps rather than one
+//!   burst that holds the disk and a CPU from the add path.
 //! - [`entry_log`]: append-only entry log files and their reader.
 //! - [`index`]: RocksDB: entry locations, ledger metadata, log usage, checkpoint.
 //! - [`storage`]: ledger storage tying the above together; flusher and journal replay.
