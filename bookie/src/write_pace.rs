@@ -30,7 +30,7 @@ pub struct WritePace {
 }
 
 impl WritePace {
-    /// No pacing: explicit flushes (start-up replay, tests, admin) and shutdown.
+    /// No pacing: explicit flushes (after replay, at shutdown, in tests).
     pub fn unpaced(now: Instant) -> Self {
         Self {
             started: now,
