@@ -306,8 +306,6 @@ impl Index {
         Ok(())
     }
 
-    /// Commits a batch with a synced write. `usage` holds the bytes each (log, ledger) had
-    /// before; the batch's increments are added to it and written, and the map is updated.
     /// Writes the batch's puts so far without syncing and empties it, keeping its log usage
     /// for [`Index::commit`]. A flush writes its locations a step at a time this way, after
     /// the entry log they point into is synced; the final synced commit makes them durable.
@@ -318,6 +316,8 @@ impl Index {
             .map_err(|source| BookieError::index("writing a flush step", source))
     }
 
+    /// Commits a batch with a synced write. `usage` holds the bytes each (log, ledger) had
+    /// before; the batch's increments are added to it and written, and the map is updated.
     pub fn commit(
         &self,
         mut batch: IndexBatch,

@@ -3,10 +3,11 @@
 //!
 //! W writers each own a ledger and an AddEntries stream, each on its own connection unless
 //! `--connections` has them share fewer (the ledger client shares one per bookie among all its
-//! ledgers). Without `--rate`, each keeps a window of entries in flight in batches. With `--rate`,
-//! a pacing thread releases entries on schedule and latency counts from the scheduled time, so
-//! a stall is charged to every entry it delayed. Before the bookie starts, the disk's raw fdatasync and, for a paced run, its
-//! group-commit floor at that rate are measured, so the add latency can be read against both.
+//! ledgers). Without `--rate`, each keeps a window of entries in flight in batches. With
+//! `--rate`, a pacing thread releases entries on schedule and latency counts from the scheduled
+//! time, so a stall is charged to every entry it delayed. Before the bookie starts, the disk's
+//! raw fdatasync and, for a paced run, its group-commit floor at that rate are measured, so the
+//! add latency can be read against both.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
