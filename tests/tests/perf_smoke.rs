@@ -62,6 +62,11 @@ fn an_unlimited_run_acknowledges_every_add_and_reports_every_figure() {
     assert_eq!(figure(&json, "connections"), 2.0);
     assert!(figure(&json, "adds_per_sec") > 0.0);
     assert!(figure(&json, "entries_per_fsync") >= 1.0);
+    // The writers and the bookie ran in this process, and adds cost it some CPU.
+    assert!(figure(&json, "process_cpu_cores") > 0.0);
+    assert!(figure(&json, "process_cpu_us_per_add") > 0.0);
+    let busy = figure(&json, "machine_cpu_busy_pct");
+    assert!((0.0..=100.0).contains(&busy), "machine busy {busy}%");
     assert!(
         json.get("floor_p50_us").is_none(),
         "an unpaced run has no floor: {json}"

@@ -7,7 +7,8 @@
 //! `--rate`, a pacing thread releases entries on schedule and latency counts from the scheduled
 //! time, so a stall is charged to every entry it delayed. Before the bookie starts, the disk's
 //! raw fdatasync and, for a paced run, its group-commit floor at that rate are measured, so the
-//! add latency can be read against both.
+//! add latency can be read against both. The CPU the run used is reported too, since on a
+//! small machine a tail can come from waiting for a CPU as well as for the disk.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -22,6 +23,7 @@ use magnetar_bookie::{new_entry, BookieClient, BookieConfig, RunningBookie};
 use magnetar_proto::bookie::{AddRequest, ErrorCode};
 use tokio::sync::mpsc;
 
+use super::cpu_usage::CpuSample;
 use super::pacer::pace;
 use super::raw_fsync::{measure_group_commit_floor, measure_raw_fsync};
 use super::report::{spawn_progress, Figures, LatencyHistogram};
@@ -147,6 +149,7 @@ async fn run_async(args: BookiePerfArgs) -> anyhow::Result<()> {
     let payload = Bytes::from(vec![0xa5u8; args.entry_size]);
     let acked = Arc::new(AtomicU64::new(0));
     let ledger_base = 1_000_000 + u64::from(std::process::id()) * 1_000;
+    let cpu_before = CpuSample::take();
     let started = Instant::now();
     let mut writers = Vec::new();
     let mut schedules = Vec::new();
@@ -191,11 +194,13 @@ async fn run_async(args: BookiePerfArgs) -> anyhow::Result<()> {
         failures += outcome.failures;
     }
     let elapsed = started.elapsed();
+    let cpu = CpuSample::take().since(&cpu_before);
     progress.abort();
     if let Some(pacer) = pacer {
         let _ = pacer.join();
     }
     let info_after = client.info().await?;
+    let bookie_in_process = bookie.is_some();
     if let Some(bookie) = bookie {
         bookie.shutdown().await?;
     }
@@ -229,6 +234,19 @@ async fn run_async(args: BookiePerfArgs) -> anyhow::Result<()> {
             latencies.percentile_us(99.9)
         );
         println!("journal: {fsyncs_per_sec:.0} fsyncs/s, {entries_per_fsync:.1} entries per fsync");
+        println!(
+            "cpu: this process ({}) {:.2} cores, {:.1} us per add; machine {}",
+            if bookie_in_process {
+                "writers and bookie"
+            } else {
+                "writers only"
+            },
+            cpu.process_cores,
+            cpu.process_us as f64 / acknowledged.max(1) as f64,
+            cpu.machine_busy_percent
+                .map(|busy| format!("{busy:.0}% busy over all its CPUs"))
+                .unwrap_or_else(|| "busy share unknown (no /proc/stat)".into())
+        );
         if failures > 0 {
             println!("failed adds: {failures}");
         }
@@ -249,7 +267,15 @@ async fn run_async(args: BookiePerfArgs) -> anyhow::Result<()> {
         .set_f64("entries_per_fsync", entries_per_fsync)
         .set("raw_fsync_p50_us", raw_p50_us)
         .set("raw_fsync_p99_us", raw_p99_us)
-        .set("failed_adds", failures);
+        .set("failed_adds", failures)
+        .set_f64("process_cpu_cores", cpu.process_cores)
+        .set_f64(
+            "process_cpu_us_per_add",
+            cpu.process_us as f64 / acknowledged.max(1) as f64,
+        );
+    if let Some(busy) = cpu.machine_busy_percent {
+        figures.set_f64("machine_cpu_busy_pct", busy);
+    }
     if let Some((floor_p50_us, floor_p99_us)) = floor {
         figures
             .set("floor_p50_us", floor_p50_us)

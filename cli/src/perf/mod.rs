@@ -2,6 +2,7 @@
 //! runs and ends with exactly one JSON line on stdout holding every figure.
 
 mod bookie;
+mod cpu_usage;
 mod function;
 mod ledger;
 mod meta;
