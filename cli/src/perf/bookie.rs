@@ -212,6 +212,7 @@ async fn run_async(args: BookiePerfArgs) -> anyhow::Result<()> {
     let fsyncs = info_after.journal_fsyncs - info_before.journal_fsyncs;
     let journaled = info_after.journal_entries - info_before.journal_entries;
     let fsyncs_per_sec = fsyncs as f64 / seconds;
+    let cpu_us_per_add = cpu.process_us as f64 / acknowledged.max(1) as f64;
     let entries_per_fsync = if fsyncs == 0 {
         0.0
     } else {
@@ -242,7 +243,7 @@ async fn run_async(args: BookiePerfArgs) -> anyhow::Result<()> {
                 "writers only"
             },
             cpu.process_cores,
-            cpu.process_us as f64 / acknowledged.max(1) as f64,
+            cpu_us_per_add,
             cpu.machine_busy_percent
                 .map(|busy| format!("{busy:.0}% busy over all its CPUs"))
                 .unwrap_or_else(|| "busy share unknown (no /proc/stat)".into())
@@ -269,10 +270,7 @@ async fn run_async(args: BookiePerfArgs) -> anyhow::Result<()> {
         .set("raw_fsync_p99_us", raw_p99_us)
         .set("failed_adds", failures)
         .set_f64("process_cpu_cores", cpu.process_cores)
-        .set_f64(
-            "process_cpu_us_per_add",
-            cpu.process_us as f64 / acknowledged.max(1) as f64,
-        );
+        .set_f64("process_cpu_us_per_add", cpu_us_per_add);
     if let Some(busy) = cpu.machine_busy_percent {
         figures.set_f64("machine_cpu_busy_pct", busy);
     }
