@@ -202,8 +202,8 @@ impl RunningBookie {
         let _ = self.compactor_wakeup.send(());
     }
 
-    /// Stops taking adds, lets every queued add become durable and be answered, stops the
-    /// server, flushes the write cache, and joins every thread.
+    /// Stops taking adds, lets every queued add become durable and be answered, ends the add
+    /// streams, stops the server, flushes the write cache, and joins every thread.
     pub async fn shutdown(mut self) -> Result<()> {
         info!("bookie shutting down");
         // Leave the list of bookies first, so no new ensemble picks a stopping bookie.
@@ -216,6 +216,7 @@ impl RunningBookie {
         if let Err(error) = self.core.journal_barrier().await {
             warn!(%error, "journal barrier at shutdown failed");
         }
+        self.core.close_add_streams();
         if let Some(stop) = self.server_stop.take() {
             let _ = stop.send(());
         }

@@ -30,6 +30,8 @@
 //! - [`server`]: the gRPC service.
 //! - [`bookie`]: [`RunningBookie`], start and orderly shutdown.
 //! - [`client`]: [`BookieClient`] for one bookie.
+//! - [`shared_add_stream`]: one AddEntries stream per bookie shared by every ledger written
+//!   there, its results routed back by ledger id.
 //! - [`ledger`]: the ledger client ([`LedgerClient`]): bookie registration, ensemble
 //!   placement, quorum logic, the single writer with ensemble changes, readers, recovery with
 //!   fencing, deletion. Everything that replicates a ledger across bookies lives there.
@@ -47,6 +49,7 @@ pub mod journal;
 pub mod journal_record;
 pub mod ledger;
 pub mod server;
+pub mod shared_add_stream;
 pub mod storage;
 mod thread_priority;
 mod write_back;
@@ -62,3 +65,4 @@ pub use ledger::{
     LedgerClient, LedgerClientConfig, LedgerEntry, LedgerError, LedgerMetadata, LedgerOptions,
     LedgerReader, LedgerState, LedgerWriter,
 };
+pub use shared_add_stream::{RouteEvent, SharedAddStream, Subscription, WeakSharedAddStream};

@@ -16,7 +16,7 @@ use magnetar_proto::bookie::{
     ErrorCode, FenceRequest, FenceResponse, GetBookieInfoRequest, GetBookieInfoResponse,
     ReadLacRequest, ReadLacResponse, ReadRequest, ReadResponse,
 };
-use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{mpsc, oneshot, watch, OwnedSemaphorePermit, Semaphore};
 use tokio_stream::wrappers::UnboundedReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::debug;
@@ -36,6 +36,8 @@ pub struct BookieCore {
     pub(crate) journal: Journal,
     /// Bound on journal-queued bytes, in KiB permits.
     queue_kib: Arc<Semaphore>,
+    /// Set when the bookie stops: every add stream then stops reading and ends.
+    add_streams_closing: watch::Sender<bool>,
 }
 
 impl BookieCore {
@@ -46,7 +48,14 @@ impl BookieCore {
             storage,
             journal,
             queue_kib,
+            add_streams_closing: watch::Sender::new(false),
         }
+    }
+
+    /// Ends every add stream, each once the adds it queued are answered, so writers learn of
+    /// the stop at once instead of by timeout (and a graceful server stop is not held open).
+    pub(crate) fn close_add_streams(&self) {
+        self.add_streams_closing.send_replace(true);
     }
 
     fn shutting_down(&self) -> bool {
@@ -314,12 +323,23 @@ impl Bookie for BookieService {
         let in_flight = Arc::new(Semaphore::new(
             core.config.max_in_flight_requests_per_stream,
         ));
+        let mut closing = core.add_streams_closing.subscribe();
         tokio::spawn(async move {
             loop {
-                let Ok(permit) = in_flight.clone().acquire_owned().await else {
-                    return;
+                let next = async {
+                    let permit = in_flight.clone().acquire_owned().await.ok()?;
+                    Some((permit, inbound.message().await))
                 };
-                match inbound.message().await {
+                // Returning drops this task's sender: the response stream ends once every
+                // add already queued has its results.
+                let (permit, message) = tokio::select! {
+                    _ = closing.wait_for(|closing| *closing) => return,
+                    next = next => match next {
+                        Some(next) => next,
+                        None => return,
+                    },
+                };
+                match message {
                     Ok(Some(request)) => core.handle_add(request, permit, responses.clone()).await,
                     Ok(None) => return,
                     Err(status) => {

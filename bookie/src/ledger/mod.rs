@@ -40,6 +40,7 @@ use tracing::{info, warn};
 
 use crate::client::BookieClient;
 use crate::error::BookieError;
+use crate::shared_add_stream::{SharedAddStream, WeakSharedAddStream};
 
 pub use error::{LedgerError, LedgerResult};
 pub use metadata::{ledger_key, LedgerMetadata, LedgerState, Segment};
@@ -101,10 +102,14 @@ impl Default for LedgerOptions {
     }
 }
 
-/// Connections to bookies by address, made on first use and shared by every ledger.
+/// Connections to bookies by address, made on first use and shared by every ledger, each with
+/// the one add stream every ledger written to that bookie shares. The ledgers' links hold a
+/// stream open; the pool only finds it, so a bookie no ledger writes to has no stream open
+/// (and a stopped bookie is not held on to).
 #[derive(Clone, Default)]
 pub struct BookiePool {
     clients: Arc<Mutex<HashMap<String, BookieClient>>>,
+    add_streams: Arc<Mutex<HashMap<String, WeakSharedAddStream>>>,
 }
 
 impl BookiePool {
@@ -118,6 +123,35 @@ impl BookiePool {
             .lock()
             .insert(address.to_string(), client.clone());
         Ok(client)
+    }
+
+    /// The add stream to `address`, opened (with room for `queue` requests) when there is
+    /// none or the last one ended.
+    pub async fn add_stream(
+        &self,
+        address: &str,
+        timeout: Duration,
+        queue: usize,
+    ) -> LedgerResult<SharedAddStream> {
+        if let Some(stream) = self.open_add_stream_of(address) {
+            return Ok(stream);
+        }
+        let client = self.get(address, timeout).await?;
+        let opened = with_timeout(address, timeout, SharedAddStream::open(&client, queue)).await?;
+        // Two ledgers may have opened one each at once: keep the first, drop the other.
+        let mut streams = self.add_streams.lock();
+        if let Some(stream) = streams.get(address).and_then(WeakSharedAddStream::upgrade) {
+            return Ok(stream);
+        }
+        streams.insert(address.to_string(), opened.downgrade());
+        Ok(opened)
+    }
+
+    fn open_add_stream_of(&self, address: &str) -> Option<SharedAddStream> {
+        self.add_streams
+            .lock()
+            .get(address)
+            .and_then(WeakSharedAddStream::upgrade)
     }
 }
 

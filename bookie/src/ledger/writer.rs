@@ -1,11 +1,12 @@
-//! The single writer of a ledger: pipelined adds to one AddEntries stream per bookie,
-//! completion strictly in entry order, ensemble changes when a bookie fails, and close.
+//! The single writer of a ledger: pipelined adds over the AddEntries stream each bookie shares
+//! among every ledger written to it, completion strictly in entry order, ensemble changes when
+//! a bookie fails, and close.
 //!
 //! A [`LedgerWriter`] is a handle on one task that owns all the writer's state (an actor):
-//! adds arrive over a bounded channel, bookie answers straight from the bookies' response
-//! streams (polled by the task itself, no relay in between), and nothing is shared except the
-//! published LAC. The task stops taking adds while `max_in_flight_entries` are
-//! unacknowledged, which is the writer's back-pressure.
+//! adds arrive over a bounded channel, bookie answers arrive on this ledger's routes of the
+//! shared streams (see [`crate::shared_add_stream`]), and nothing is shared except the
+//! published LAC and those streams. The task stops taking adds while `max_in_flight_entries`
+//! are unacknowledged, which is the writer's back-pressure.
 
 use std::collections::{HashSet, VecDeque};
 use std::future::Future;
@@ -19,6 +20,7 @@ use bytes::Bytes;
 use futures::stream::{self, BoxStream, SelectAll, StreamExt};
 use magnetar_proto::bookie::{AddRequest, AddResult, Entry, ErrorCode};
 use tokio::sync::{mpsc, oneshot};
+use tokio_stream::wrappers::UnboundedReceiverStream;
 use tracing::{debug, info, warn};
 
 use super::error::{LedgerError, LedgerResult};
@@ -29,9 +31,10 @@ use super::metadata::{
 };
 use super::quorum::{AckTracker, Quorums};
 use super::registration::available_bookies;
-use super::{with_timeout, LedgerClient, LedgerOptions};
-use crate::client::AddStream;
+use super::{LedgerClient, LedgerOptions};
 use crate::entry::new_entry;
+use crate::error::BookieError;
+use crate::shared_add_stream::{RouteEvent, Subscription};
 
 /// Bound on adds waiting in the handle's channel (the task's in-flight bound comes after).
 const COMMAND_QUEUE: usize = 4096;
@@ -150,11 +153,14 @@ impl Failure {
     }
 }
 
-/// One bookie of the current ensemble: its request stream and which stream it is.
+/// One bookie of the current ensemble: the shared add stream to it, this ledger's route on
+/// it, and which link it is.
 struct BookieLink {
     address: String,
     generation: u64,
     requests: mpsc::Sender<AddRequest>,
+    /// Results for this ledger come back while this lives.
+    _subscription: Subscription,
     /// Entries sent and not answered yet.
     unanswered: usize,
     /// Since when the bookie has owed answers without giving any. A bookie past Qa can hang
@@ -319,43 +325,51 @@ impl WriterTask {
     }
 
     async fn open_link(&mut self, index: usize, address: String) -> LedgerResult<BookieLink> {
-        let timeout = self.client.config.rpc_timeout;
-        let bookie = self.client.bookies.get(&address, timeout).await?;
-        let AddStream {
-            requests,
-            responses,
-        } = with_timeout(
-            &address,
-            timeout,
-            bookie.open_add_stream(self.client.config.max_queued_requests_per_bookie),
-        )
-        .await?;
+        let config = &self.client.config;
+        let stream = self
+            .client
+            .bookies
+            .add_stream(
+                &address,
+                config.rpc_timeout,
+                config.max_queued_requests_per_bookie,
+            )
+            .await?;
+        let Some((subscription, route)) = stream.subscribe(self.ledger_id) else {
+            return Err(LedgerError::bookie(
+                &address,
+                BookieError::Transport("the add stream ended as it was joined".into()),
+            ));
+        };
         let generation = self.next_generation;
         self.next_generation += 1;
-        let answers = responses.map(move |message| match message {
-            Ok(response) => Event::Results {
+        let answers = UnboundedReceiverStream::new(route).map(move |event| match event {
+            RouteEvent::Results(results) => Event::Results {
                 index,
                 generation,
-                results: response.results,
+                results,
             },
-            Err(status) => Event::Broken {
+            RouteEvent::Ended { reason } => Event::Broken {
                 index,
                 generation,
-                reason: format!("add stream failed: {status}"),
+                reason,
             },
         });
+        // A route also ends without a reason when a later link of this ledger to the same
+        // bookie replaced it; that link has a newer generation, so this event is ignored.
         let closed = stream::once(async move {
             Event::Broken {
                 index,
                 generation,
-                reason: "the bookie closed the add stream".to_string(),
+                reason: "the add stream's route ended".to_string(),
             }
         });
         self.answers.push(answers.chain(closed).boxed());
         Ok(BookieLink {
             address,
             generation,
-            requests,
+            requests: stream.requests().clone(),
+            _subscription: subscription,
             unanswered: 0,
             waiting_since: None,
         })

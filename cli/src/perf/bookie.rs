@@ -1,14 +1,16 @@
 //! `magnetar perf bookie`: adds through gRPC to one bookie, every add acknowledged only after
 //! the journal's fdatasync.
 //!
-//! W writers each own a ledger and an AddEntries stream, each on its own connection unless
-//! `--connections` has them share fewer (the ledger client shares one per bookie among all its
-//! ledgers). Without `--rate`, each keeps a window of entries in flight in batches. With
-//! `--rate`, a pacing thread releases entries on schedule and latency counts from the scheduled
-//! time, so a stall is charged to every entry it delayed. Before the bookie starts, the disk's
-//! raw fdatasync and, for a paced run, its group-commit floor at that rate are measured, so the
-//! add latency can be read against both. The CPU the run used is reported too, since on a
-//! small machine a tail can come from waiting for a CPU as well as for the disk.
+//! W writers each own a ledger, each on its own connection unless `--connections` has them
+//! share fewer. The writers on a connection share its one AddEntries stream, each subscribed to
+//! its own ledger's results, as the ledger client shares one connection and one stream per
+//! bookie among all its ledgers. Without `--rate`, each keeps a window of entries in flight in
+//! batches. With `--rate`, a pacing thread releases entries on schedule and latency counts from
+//! the scheduled time, so a stall is charged to every entry it delayed. Before the bookie
+//! starts, the disk's raw fdatasync and, for a paced run, its group-commit floor at that rate
+//! are measured, so the add latency can be read against both. The CPU the run used is reported
+//! too, since on a small machine a tail can come from waiting for a CPU as well as for the
+//! disk.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -19,14 +21,19 @@ use anyhow::{bail, Context};
 use bytes::Bytes;
 use clap::Args;
 use magnetar_bookie::journal_record::entry_record_bytes;
-use magnetar_bookie::{new_entry, BookieClient, BookieConfig, RunningBookie};
-use magnetar_proto::bookie::{AddRequest, ErrorCode};
+use magnetar_bookie::{
+    new_entry, BookieClient, BookieConfig, RouteEvent, RunningBookie, SharedAddStream, Subscription,
+};
+use magnetar_proto::bookie::{AddRequest, AddResult, ErrorCode};
 use tokio::sync::mpsc;
 
 use super::cpu_usage::CpuSample;
 use super::pacer::pace;
 use super::raw_fsync::{measure_group_commit_floor, measure_raw_fsync};
 use super::report::{spawn_progress, Figures, LatencyHistogram};
+
+/// Requests queued on one connection's stream on the client side.
+const STREAM_QUEUE_REQUESTS: usize = 1024;
 
 /// How long the group-commit floor of a paced run is measured.
 const FLOOR_PROBE_DURATION: Duration = Duration::from_secs(2);
@@ -39,11 +46,12 @@ pub struct BookiePerfArgs {
     /// Payload bytes per entry.
     #[arg(long, default_value_t = 100)]
     pub entry_size: usize,
-    /// Concurrent writers, each with its own ledger and stream.
+    /// Concurrent writers, each with its own ledger.
     #[arg(long, default_value_t = 16)]
     pub writers: u64,
-    /// Connections the writers' streams share, round robin (default: one per writer). The
-    /// ledger client keeps one connection per bookie for all its ledgers, as `--connections 1`.
+    /// Connections the writers share, round robin, one AddEntries stream each (default: one
+    /// per writer). The ledger client keeps one per bookie for all its ledgers, as
+    /// `--connections 1`.
     #[arg(long)]
     pub connections: Option<u64>,
     /// Target adds per second across all writers; unlimited when absent.
@@ -141,9 +149,10 @@ async fn run_async(args: BookiePerfArgs) -> anyhow::Result<()> {
     };
     let client = BookieClient::connect(&address).await?;
     let info_before = client.info().await?;
-    let mut connections = Vec::new();
+    let mut streams = Vec::new();
     for _ in 0..connection_count(&args) {
-        connections.push(BookieClient::connect(&address).await?);
+        let connection = BookieClient::connect(&address).await?;
+        streams.push(SharedAddStream::open(&connection, STREAM_QUEUE_REQUESTS).await?);
     }
 
     let payload = Bytes::from(vec![0xa5u8; args.entry_size]);
@@ -155,13 +164,13 @@ async fn run_async(args: BookiePerfArgs) -> anyhow::Result<()> {
     let mut schedules = Vec::new();
     for writer in 0..args.writers {
         let quota = args.entries / args.writers + u64::from(writer < args.entries % args.writers);
-        let client = connections[(writer % connections.len() as u64) as usize].clone();
+        let stream = streams[(writer % streams.len() as u64) as usize].clone();
         let ledger_id = ledger_base + writer;
         let payload = payload.clone();
         let acked = acked.clone();
         match args.rate {
             None => writers.push(tokio::spawn(write_unlimited(
-                client,
+                stream,
                 ledger_id,
                 quota,
                 payload,
@@ -173,7 +182,7 @@ async fn run_async(args: BookiePerfArgs) -> anyhow::Result<()> {
                 let (schedule, scheduled) = mpsc::unbounded_channel();
                 schedules.push(schedule);
                 writers.push(tokio::spawn(write_paced(
-                    client, ledger_id, quota, payload, scheduled, acked,
+                    stream, ledger_id, quota, payload, scheduled, acked,
                 )));
             }
         }
@@ -292,7 +301,7 @@ fn connection_count(args: &BookiePerfArgs) -> u64 {
 
 /// Keeps up to `window` entries in flight in requests of `batch`.
 async fn write_unlimited(
-    client: BookieClient,
+    stream: SharedAddStream,
     ledger_id: u64,
     quota: u64,
     payload: Bytes,
@@ -300,7 +309,7 @@ async fn write_unlimited(
     window: u64,
     acked: Arc<AtomicU64>,
 ) -> anyhow::Result<WriterOutcome> {
-    let mut stream = client.open_add_stream(1024).await?;
+    let (_subscription, mut route) = join(&stream, ledger_id)?;
     let mut sent_at = Vec::with_capacity(quota as usize);
     let mut outcome = WriterOutcome {
         latencies: LatencyHistogram::new(),
@@ -318,7 +327,7 @@ async fn write_unlimited(
                 .collect();
             sent_at.extend(std::iter::repeat_n(now, count as usize));
             stream
-                .requests
+                .requests()
                 .send(AddRequest {
                     entries,
                     ..AddRequest::default()
@@ -327,28 +336,23 @@ async fn write_unlimited(
                 .context("the bookie closed the add stream")?;
             sent += count;
         }
-        let response = stream
-            .responses
-            .message()
-            .await
-            .context("reading add results")?
-            .context("the bookie ended the add stream")?;
-        done += record(&response.results, &sent_at, &mut outcome);
-        acked.fetch_add(response.results.len() as u64, Ordering::Relaxed);
+        let results = next_results(&mut route).await?;
+        done += record(&results, &sent_at, &mut outcome);
+        acked.fetch_add(results.len() as u64, Ordering::Relaxed);
     }
     Ok(outcome)
 }
 
 /// Sends entries as they fall due, each request holding whatever is due at once.
 async fn write_paced(
-    client: BookieClient,
+    stream: SharedAddStream,
     ledger_id: u64,
     quota: u64,
     payload: Bytes,
     mut scheduled: mpsc::UnboundedReceiver<(u64, Instant)>,
     acked: Arc<AtomicU64>,
 ) -> anyhow::Result<WriterOutcome> {
-    let mut stream = client.open_add_stream(1024).await?;
+    let (_subscription, mut route) = join(&stream, ledger_id)?;
     let mut due_at = vec![Instant::now(); quota as usize];
     let mut outcome = WriterOutcome {
         latencies: LatencyHistogram::new(),
@@ -372,29 +376,44 @@ async fn write_paced(
                     })
                     .collect();
                 stream
-                    .requests
+                    .requests()
                     .send(AddRequest { entries, ..AddRequest::default() })
                     .await
                     .context("the bookie closed the add stream")?;
             }
-            response = stream.responses.message() => {
-                let response = response
-                    .context("reading add results")?
-                    .context("the bookie ended the add stream")?;
-                done += record(&response.results, &due_at, &mut outcome);
-                acked.fetch_add(response.results.len() as u64, Ordering::Relaxed);
+            results = next_results(&mut route) => {
+                let results = results?;
+                done += record(&results, &due_at, &mut outcome);
+                acked.fetch_add(results.len() as u64, Ordering::Relaxed);
             }
         }
     }
     Ok(outcome)
 }
 
+/// Subscribes a writer's ledger on its connection's shared stream.
+fn join(
+    stream: &SharedAddStream,
+    ledger_id: u64,
+) -> anyhow::Result<(Subscription, mpsc::UnboundedReceiver<RouteEvent>)> {
+    stream
+        .subscribe(ledger_id)
+        .context("the bookie ended the add stream before the run began")
+}
+
+/// The next results for a writer's ledger. Cancel-safe (only the receive awaits).
+async fn next_results(
+    route: &mut mpsc::UnboundedReceiver<RouteEvent>,
+) -> anyhow::Result<Vec<AddResult>> {
+    match route.recv().await {
+        Some(RouteEvent::Results(results)) => Ok(results),
+        Some(RouteEvent::Ended { reason }) => bail!("{reason}"),
+        None => bail!("the bookie ended the add stream"),
+    }
+}
+
 /// Records each result's latency from its start time; returns how many results there were.
-fn record(
-    results: &[magnetar_proto::bookie::AddResult],
-    started: &[Instant],
-    outcome: &mut WriterOutcome,
-) -> u64 {
+fn record(results: &[AddResult], started: &[Instant], outcome: &mut WriterOutcome) -> u64 {
     let now = Instant::now();
     for result in results {
         if result.code == ErrorCode::Ok as i32 {
