@@ -179,6 +179,14 @@ fn route(routes: &Mutex<Option<Routes>>, results: Vec<AddResult>) {
 /// Groups results by ledger, keeping each ledger's results in order and the ledgers in order of
 /// first appearance. A response usually holds one ledger or a few, so a list beats a map.
 fn split_by_ledger(results: Vec<AddResult>) -> Vec<(u64, Vec<AddResult>)> {
+    // The common case, one ledger: hand the results on as they came.
+    match results.first().map(|first| first.ledger_id) {
+        None => return Vec::new(),
+        Some(ledger_id) if results.iter().all(|result| result.ledger_id == ledger_id) => {
+            return vec![(ledger_id, results)];
+        }
+        Some(_) => {}
+    }
     let mut groups: Vec<(u64, Vec<AddResult>)> = Vec::new();
     for result in results {
         match groups
@@ -225,6 +233,15 @@ mod tests {
             shape,
             vec![(7, vec![0, 1]), (3, vec![10, 11]), (9, vec![5])]
         );
+    }
+
+    #[test]
+    fn one_ledger_passes_through_and_none_gives_nothing() {
+        let groups = split_by_ledger(vec![result(4, 1), result(4, 0)]);
+        assert_eq!(groups.len(), 1);
+        assert_eq!(groups[0].0, 4);
+        assert_eq!(ids(&groups[0].1), vec![1, 0]);
+        assert!(split_by_ledger(Vec::new()).is_empty());
     }
 
     #[test]
