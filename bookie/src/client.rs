@@ -11,6 +11,7 @@ use magnetar_proto::bookie::{
 };
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::Stream;
 use tonic::transport::{Channel, Endpoint};
 use tonic::Streaming;
 
@@ -82,17 +83,25 @@ impl BookieClient {
     /// Opens a pipelined add stream with room for `queue` requests in flight on the client side.
     pub async fn open_add_stream(&self, queue: usize) -> Result<AddStream> {
         let (requests, receiver) = mpsc::channel(queue.max(1));
-        let responses = self
-            .grpc
-            .clone()
-            .add_entries(ReceiverStream::new(receiver))
-            .await
-            .map_err(transport)?
-            .into_inner();
+        let responses = self.add_entries_from(ReceiverStream::new(receiver)).await?;
         Ok(AddStream {
             requests,
             responses,
         })
+    }
+
+    /// Opens an add stream whose requests come from `requests`.
+    pub async fn add_entries_from(
+        &self,
+        requests: impl Stream<Item = AddRequest> + Send + 'static,
+    ) -> Result<Streaming<AddResponse>> {
+        Ok(self
+            .grpc
+            .clone()
+            .add_entries(requests)
+            .await
+            .map_err(transport)?
+            .into_inner())
     }
 
     /// Reads entries `first..=last` (fewer if the bookie cuts the range), checking each CRC.

@@ -32,6 +32,8 @@
 //! - [`client`]: [`BookieClient`] for one bookie.
 //! - [`shared_add_stream`]: one AddEntries stream per bookie shared by every ledger written
 //!   there, its results routed back by ledger id.
+//! - [`request_merge`]: add requests queued together merged into one message, each ledger with
+//!   its own writer token; no I/O.
 //! - [`ledger`]: the ledger client ([`LedgerClient`]): bookie registration, ensemble
 //!   placement, quorum logic, the single writer with ensemble changes, readers, recovery with
 //!   fencing, deletion. Everything that replicates a ledger across bookies lives there.
@@ -48,6 +50,7 @@ pub mod index;
 pub mod journal;
 pub mod journal_record;
 pub mod ledger;
+pub mod request_merge;
 pub mod server;
 pub mod shared_add_stream;
 pub mod storage;

@@ -74,7 +74,14 @@ impl BookieCore {
             entries,
             writer_token,
             recovery,
+            ledger_tokens,
         } = request;
+        let token_of = |ledger_id: u64| {
+            ledger_tokens
+                .iter()
+                .find(|listed| listed.ledger_id == ledger_id)
+                .map_or(&writer_token, |listed| &listed.writer_token)
+        };
         if entries.is_empty() {
             return;
         }
@@ -106,7 +113,7 @@ impl BookieCore {
                 Some((ledger_id, outcome)) if *ledger_id == entry.ledger_id => outcome.clone(),
                 _ => {
                     let outcome = self
-                        .check_writer(entry.ledger_id, &writer_token, recovery)
+                        .check_writer(entry.ledger_id, token_of(entry.ledger_id), recovery)
                         .await
                         .map_err(Arc::new);
                     checked = Some((entry.ledger_id, outcome.clone()));

@@ -4,24 +4,30 @@
 //! ledger for every group commit that holds its entries, and costs the client a frame per
 //! ledger per send. Sharing one stream per bookie (as BookKeeper's per-bookie channel does)
 //! lets requests queued together leave in one write and lets one group commit's results come
-//! back together. Each ledger still sends its own requests (each carries its writer token);
-//! results are routed back by ledger id to whoever subscribed for that ledger.
+//! back together. Each ledger sends its own requests; whatever is queued when the transport
+//! takes the next message leaves as one message (see [`crate::request_merge`]), each ledger
+//! with its own writer token. Results are routed back by ledger id to whoever subscribed for
+//! that ledger.
 //!
 //! A route is a channel of [`RouteEvent`]s. When the stream fails or the bookie ends it, every
 //! route gets the reason and then closes, so each ledger reacts as it would to its own stream
 //! breaking; the next [`SharedAddStream::open`] makes a new stream.
 
 use std::collections::HashMap;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
+use std::task::{Context, Poll};
 
 use magnetar_proto::bookie::{AddRequest, AddResult};
 use parking_lot::Mutex;
 use tokio::sync::mpsc;
+use tokio_stream::Stream;
 use tracing::debug;
 
-use crate::client::{AddStream, BookieClient};
+use crate::client::BookieClient;
 use crate::error::Result;
+use crate::request_merge::{absorb, payload_bytes, MAX_MERGED_PAYLOAD_BYTES};
 
 /// What a ledger's route delivers.
 #[derive(Debug)]
@@ -87,10 +93,13 @@ impl SharedAddStream {
     /// Opens the stream with room for `queue` requests on the client side, and starts the task
     /// that routes its results.
     pub async fn open(client: &BookieClient, queue: usize) -> Result<Self> {
-        let AddStream {
-            requests,
-            mut responses,
-        } = client.open_add_stream(queue).await?;
+        let (requests, receiver) = mpsc::channel(queue.max(1));
+        let mut responses = client
+            .add_entries_from(MergingRequests {
+                receiver,
+                held: None,
+            })
+            .await?;
         let routes = Arc::new(Mutex::new(Some(Routes::new())));
         let address = client.address().to_string();
         let router_routes = routes.clone();
@@ -155,6 +164,40 @@ impl SharedAddStream {
     /// Whether the stream has ended (or its router stopped).
     pub fn is_closed(&self) -> bool {
         self.inner.routes.lock().is_none() || self.inner.requests.is_closed()
+    }
+}
+
+/// The requests the transport sends: each time it takes the next message, everything queued by
+/// then is merged into it, so merging adds no wait.
+struct MergingRequests {
+    receiver: mpsc::Receiver<AddRequest>,
+    /// A request that did not fit the last message; it starts the next one.
+    held: Option<AddRequest>,
+}
+
+impl Stream for MergingRequests {
+    type Item = AddRequest;
+
+    fn poll_next(mut self: Pin<&mut Self>, context: &mut Context<'_>) -> Poll<Option<AddRequest>> {
+        let this = &mut *self;
+        let mut merged = match this.held.take() {
+            Some(request) => request,
+            None => match this.receiver.poll_recv(context) {
+                Poll::Ready(Some(request)) => request,
+                Poll::Ready(None) => return Poll::Ready(None),
+                Poll::Pending => return Poll::Pending,
+            },
+        };
+        while payload_bytes(&merged) < MAX_MERGED_PAYLOAD_BYTES {
+            let Ok(next) = this.receiver.try_recv() else {
+                break;
+            };
+            if let Err(next) = absorb(&mut merged, next) {
+                this.held = Some(next);
+                break;
+            }
+        }
+        Poll::Ready(Some(merged))
     }
 }
 

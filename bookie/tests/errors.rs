@@ -96,12 +96,14 @@ async fn each_bad_add_gets_its_own_code_and_good_ones_still_land() {
         entries: vec![entry(2, 0, 10)],
         writer_token: Bytes::from_static(b"writer-a"),
         recovery: false,
+        ledger_tokens: Vec::new(),
     };
     assert_eq!(add(&client, with_token).await[0].code, ErrorCode::Ok as i32);
     let stranger = AddRequest {
         entries: vec![entry(2, 1, 10)],
         writer_token: Bytes::from_static(b"writer-b"),
         recovery: false,
+        ledger_tokens: Vec::new(),
     };
     assert_eq!(
         add(&client, stranger).await[0].code,

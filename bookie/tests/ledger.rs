@@ -297,6 +297,7 @@ async fn concurrent_recoveries_agree_on_a_partly_written_tail() {
             entries: vec![entry],
             writer_token: token,
             recovery: false,
+            ledger_tokens: Vec::new(),
         },
     )
     .await;

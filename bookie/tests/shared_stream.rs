@@ -8,9 +8,9 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::{entry, payload_for, small_config, start};
+use common::{add, entry, payload_for, small_config, start};
 use magnetar_bookie::{RouteEvent, SharedAddStream};
-use magnetar_proto::bookie::{AddRequest, AddResult, ErrorCode};
+use magnetar_proto::bookie::{AddRequest, AddResult, ErrorCode, LedgerToken};
 use tokio::sync::mpsc::UnboundedReceiver;
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -21,7 +21,7 @@ fn request(ledger_id: u64, first: u64, count: u64, token: &'static [u8]) -> AddR
             .map(|entry_id| entry(ledger_id, entry_id, 64))
             .collect(),
         writer_token: Bytes::from_static(token),
-        recovery: false,
+        ..AddRequest::default()
     }
 }
 
@@ -150,4 +150,42 @@ async fn every_ledger_hears_when_the_shared_stream_ends() {
         stream.subscribe(30).is_none(),
         "an ended stream takes no one"
     );
+}
+
+#[tokio::test]
+async fn a_request_of_several_ledgers_checks_each_ledgers_own_token() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (bookie, client) = start(small_config(dir.path())).await;
+    let listed = |ledger_id: u64, token: &'static [u8]| LedgerToken {
+        ledger_id,
+        writer_token: Bytes::from_static(token),
+    };
+    let mut merged = request(40, 0, 2, b"writer-40");
+    merged.entries.extend(request(41, 0, 2, b"").entries);
+    merged.ledger_tokens = vec![listed(41, b"writer-41")];
+    let results = add(&client, merged).await;
+    assert!(
+        results
+            .iter()
+            .all(|result| result.code == ErrorCode::Ok as i32),
+        "{results:?}"
+    );
+
+    // Ledger 41 listed with another token: only its entries are refused.
+    let mut stranger = request(40, 2, 1, b"writer-40");
+    stranger.entries.extend(request(41, 2, 1, b"").entries);
+    stranger.ledger_tokens = vec![listed(41, b"someone-else")];
+    let results = add(&client, stranger).await;
+    let codes: Vec<(u64, i32)> = results
+        .iter()
+        .map(|result| (result.ledger_id, result.code))
+        .collect();
+    assert_eq!(
+        codes,
+        vec![
+            (40, ErrorCode::Ok as i32),
+            (41, ErrorCode::Unauthorized as i32)
+        ]
+    );
+    bookie.shutdown().await.expect("clean shutdown");
 }

@@ -305,6 +305,7 @@ async fn recovery_add(
                 entries: chunk.to_vec(),
                 writer_token: token.clone(),
                 recovery: true,
+                ledger_tokens: Vec::new(),
             };
             if requests.send(request).await.is_err() {
                 return;

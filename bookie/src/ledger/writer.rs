@@ -484,6 +484,7 @@ impl WriterTask {
                     entries,
                     writer_token: self.token.clone(),
                     recovery: false,
+                    ledger_tokens: Vec::new(),
                 })
                 .map_err(|error| match error {
                     mpsc::error::TrySendError::Full(_) => {
