@@ -22,13 +22,21 @@ pub fn payload_bytes(request: &AddRequest) -> usize {
         .sum()
 }
 
-/// The token `request` presents for `ledger_id`.
-fn token_of(request: &AddRequest, ledger_id: u64) -> &Bytes {
-    request
-        .ledger_tokens
+/// The token a request presents for `ledger_id`: its entry in `ledger_tokens`, else
+/// `writer_token`. The bookie checks entries against it.
+pub fn token_for<'a>(
+    ledger_tokens: &'a [LedgerToken],
+    writer_token: &'a Bytes,
+    ledger_id: u64,
+) -> &'a Bytes {
+    ledger_tokens
         .iter()
         .find(|listed| listed.ledger_id == ledger_id)
-        .map_or(&request.writer_token, |listed| &listed.writer_token)
+        .map_or(writer_token, |listed| &listed.writer_token)
+}
+
+fn token_of(request: &AddRequest, ledger_id: u64) -> &Bytes {
+    token_for(&request.ledger_tokens, &request.writer_token, ledger_id)
 }
 
 /// Whether `request` already carries entries of `ledger_id` or names its token.
@@ -43,10 +51,17 @@ fn carries(request: &AddRequest, ledger_id: u64) -> bool {
             .any(|entry| entry.ledger_id == ledger_id)
 }
 
-/// Appends `next` to `merged` when it fits; otherwise hands it back untouched.
-pub fn absorb(merged: &mut AddRequest, next: AddRequest) -> Result<(), AddRequest> {
+/// Appends `next` to `merged` when it fits, adding its payload to `merged_payload_bytes` (kept
+/// by the caller so a long merge does not count again and again); otherwise hands it back
+/// untouched.
+pub fn absorb(
+    merged: &mut AddRequest,
+    merged_payload_bytes: &mut usize,
+    next: AddRequest,
+) -> Result<(), AddRequest> {
+    let next_payload_bytes = payload_bytes(&next);
     if next.recovery != merged.recovery
-        || payload_bytes(merged) + payload_bytes(&next) > MAX_MERGED_PAYLOAD_BYTES
+        || *merged_payload_bytes + next_payload_bytes > MAX_MERGED_PAYLOAD_BYTES
     {
         return Err(next);
     }
@@ -72,6 +87,7 @@ pub fn absorb(merged: &mut AddRequest, next: AddRequest) -> Result<(), AddReques
         }
     }
     merged.entries.extend(next.entries);
+    *merged_payload_bytes += next_payload_bytes;
     Ok(())
 }
 
@@ -94,12 +110,18 @@ mod tests {
         }
     }
 
+    /// Merges `next` into `merged`, its byte count taken afresh.
+    fn absorb_into(merged: &mut AddRequest, next: AddRequest) -> Result<(), AddRequest> {
+        let mut bytes = payload_bytes(merged);
+        absorb(merged, &mut bytes, next)
+    }
+
     #[test]
     fn ledgers_with_other_tokens_are_listed_and_entries_keep_their_order() {
         let mut merged = request(1, 0..2, b"one");
-        absorb(&mut merged, request(2, 0..1, b"two")).expect("merges");
-        absorb(&mut merged, request(1, 2..3, b"one")).expect("merges");
-        absorb(&mut merged, request(3, 0..1, b"one")).expect("merges");
+        absorb_into(&mut merged, request(2, 0..1, b"two")).expect("merges");
+        absorb_into(&mut merged, request(1, 2..3, b"one")).expect("merges");
+        absorb_into(&mut merged, request(3, 0..1, b"one")).expect("merges");
         let order: Vec<(u64, u64)> = merged
             .entries
             .iter()
@@ -125,10 +147,10 @@ mod tests {
         let mut merged = request(1, 0..1, b"one");
         // Ledger 1 again, with another token: it must not change what ledger 1 presents.
         let clash = request(1, 1..2, b"impostor");
-        assert_eq!(absorb(&mut merged, clash.clone()), Err(clash));
+        assert_eq!(absorb_into(&mut merged, clash.clone()), Err(clash));
         let mut recovery = request(2, 0..1, b"one");
         recovery.recovery = true;
-        assert_eq!(absorb(&mut merged, recovery.clone()), Err(recovery));
+        assert_eq!(absorb_into(&mut merged, recovery.clone()), Err(recovery));
         assert_eq!(merged, request(1, 0..1, b"one"), "left as it was");
     }
 
@@ -145,7 +167,7 @@ mod tests {
         };
         let mut merged = big(1);
         let second = big(2);
-        assert_eq!(absorb(&mut merged, second.clone()), Err(second));
-        assert!(absorb(&mut merged, request(3, 0..1, b"")).is_ok());
+        assert_eq!(absorb_into(&mut merged, second.clone()), Err(second));
+        assert!(absorb_into(&mut merged, request(3, 0..1, b"")).is_ok());
     }
 }

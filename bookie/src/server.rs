@@ -27,6 +27,7 @@ use crate::entry::entry_checksum_ok;
 use crate::entry_log::list_entry_logs;
 use crate::error::{BookieError, Result};
 use crate::journal::{list_journal_files, Journal, JournalCommand};
+use crate::request_merge::token_for;
 use crate::storage::{LedgerStorage, WriterCheck};
 
 /// State shared by every request.
@@ -76,12 +77,6 @@ impl BookieCore {
             recovery,
             ledger_tokens,
         } = request;
-        let token_of = |ledger_id: u64| {
-            ledger_tokens
-                .iter()
-                .find(|listed| listed.ledger_id == ledger_id)
-                .map_or(&writer_token, |listed| &listed.writer_token)
-        };
         if entries.is_empty() {
             return;
         }
@@ -113,7 +108,11 @@ impl BookieCore {
                 Some((ledger_id, outcome)) if *ledger_id == entry.ledger_id => outcome.clone(),
                 _ => {
                     let outcome = self
-                        .check_writer(entry.ledger_id, token_of(entry.ledger_id), recovery)
+                        .check_writer(
+                            entry.ledger_id,
+                            token_for(&ledger_tokens, &writer_token, entry.ledger_id),
+                            recovery,
+                        )
                         .await
                         .map_err(Arc::new);
                     checked = Some((entry.ledger_id, outcome.clone()));

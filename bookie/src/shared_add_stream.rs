@@ -76,6 +76,13 @@ pub struct Subscription {
     id: u64,
 }
 
+impl Subscription {
+    /// Where this ledger's requests go: the shared stream's requests.
+    pub fn requests(&self) -> &mpsc::Sender<AddRequest> {
+        self.stream.requests()
+    }
+}
+
 impl Drop for Subscription {
     fn drop(&mut self) {
         if let Some(routes) = self.stream.inner.routes.lock().as_mut() {
@@ -188,11 +195,12 @@ impl Stream for MergingRequests {
                 Poll::Pending => return Poll::Pending,
             },
         };
-        while payload_bytes(&merged) < MAX_MERGED_PAYLOAD_BYTES {
+        let mut merged_payload_bytes = payload_bytes(&merged);
+        while merged_payload_bytes < MAX_MERGED_PAYLOAD_BYTES {
             let Ok(next) = this.receiver.try_recv() else {
                 break;
             };
-            if let Err(next) = absorb(&mut merged, next) {
+            if let Err(next) = absorb(&mut merged, &mut merged_payload_bytes, next) {
                 this.held = Some(next);
                 break;
             }

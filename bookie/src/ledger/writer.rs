@@ -158,9 +158,9 @@ impl Failure {
 struct BookieLink {
     address: String,
     generation: u64,
-    requests: mpsc::Sender<AddRequest>,
-    /// Results for this ledger come back while this lives.
-    _subscription: Subscription,
+    /// This ledger's route on the bookie's shared stream (results come back while it lives),
+    /// and where its requests go.
+    subscription: Subscription,
     /// Entries sent and not answered yet.
     unanswered: usize,
     /// Since when the bookie has owed answers without giving any. A bookie past Qa can hang
@@ -368,8 +368,7 @@ impl WriterTask {
         Ok(BookieLink {
             address,
             generation,
-            requests: stream.requests().clone(),
-            _subscription: subscription,
+            subscription,
             unanswered: 0,
             waiting_since: None,
         })
@@ -479,7 +478,8 @@ impl WriterTask {
         let mut chunk: Vec<Entry> = Vec::new();
         let mut chunk_bytes = 0;
         let send = |entries: Vec<Entry>| {
-            link.requests
+            link.subscription
+                .requests()
                 .try_send(AddRequest {
                     entries,
                     writer_token: self.token.clone(),
