@@ -1,16 +1,21 @@
 //! `magnetar perf bookie`: adds through gRPC to one bookie, every add acknowledged only after
 //! the journal's fdatasync.
 //!
-//! W writers each own a ledger, each on its own connection unless `--connections` has them
-//! share fewer. The writers on a connection share its one AddEntries stream, each subscribed to
-//! its own ledger's results, as the ledger client shares one connection and one stream per
-//! bookie among all its ledgers. Without `--rate`, each keeps a window of entries in flight in
-//! batches. With `--rate`, a pacing thread releases entries on schedule and latency counts from
-//! the scheduled time, so a stall is charged to every entry it delayed. Before the bookie
-//! starts, the disk's raw fdatasync and, for a paced run, its group-commit floor at that rate
-//! are measured, so the add latency can be read against both. The CPU the run used is reported
-//! too, since on a small machine a tail can come from waiting for a CPU as well as for the
-//! disk.
+//! W writers each own a ledger. By default they share one connection and its one AddEntries
+//! stream, each subscribed to its own ledger's results: that is how the ledger client writes to
+//! a bookie, all its ledgers on one connection, and how BookKeeper's client does by default
+//! (one channel per bookie). `--connections N` spreads the writers round robin over N
+//! connections instead, as N separate clients would. Without `--rate`, each writer keeps a
+//! window of entries in flight in batches. With `--rate`, a pacing thread releases entries on
+//! schedule and latency counts from the scheduled time, so a stall is charged to every entry it
+//! delayed.
+//!
+//! Before the bookie starts, three floors are measured on the same disk, so the add latency can
+//! be read against each: the raw fdatasync; for a paced run, group commit at that rate by one
+//! thread with no network; and the same group commit behind one loopback TCP round trip with
+//! the least machinery that can carry it ([`super::socket_floor`]). The CPU the run used is
+//! reported too, since on a small machine a tail can come from waiting for a CPU as well as for
+//! the disk.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -31,6 +36,7 @@ use super::cpu_usage::CpuSample;
 use super::pacer::pace;
 use super::raw_fsync::{measure_group_commit_floor, measure_raw_fsync};
 use super::report::{spawn_progress, Figures, LatencyHistogram};
+use super::socket_floor::measure_socket_floor;
 
 /// Requests queued on one connection's stream on the client side.
 const STREAM_QUEUE_REQUESTS: usize = 1024;
@@ -49,11 +55,11 @@ pub struct BookiePerfArgs {
     /// Concurrent writers, each with its own ledger.
     #[arg(long, default_value_t = 16)]
     pub writers: u64,
-    /// Connections the writers share, round robin, one AddEntries stream each (default: one
-    /// per writer). The ledger client keeps one per bookie for all its ledgers, as
-    /// `--connections 1`.
-    #[arg(long)]
-    pub connections: Option<u64>,
+    /// Connections the writers share, round robin, one AddEntries stream each. The default,
+    /// one, is how the ledger client writes to a bookie; one per writer is as many separate
+    /// clients would.
+    #[arg(long, default_value_t = 1)]
+    pub connections: u64,
     /// Target adds per second across all writers; unlimited when absent.
     #[arg(long)]
     pub rate: Option<u64>,
@@ -78,7 +84,7 @@ pub fn run(args: BookiePerfArgs) -> anyhow::Result<()> {
     if args.writers == 0 || args.entries < args.writers || args.entry_size == 0 {
         bail!("need --writers >= 1, --entries >= --writers and --entry-size >= 1");
     }
-    if args.connections == Some(0) {
+    if args.connections == 0 {
         bail!("need --connections >= 1");
     }
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -86,6 +92,16 @@ pub fn run(args: BookiePerfArgs) -> anyhow::Result<()> {
         .build()
         .context("starting the async runtime")?;
     runtime.block_on(run_async(args))
+}
+
+/// What the disk and the loopback socket allow at a paced run's rate, in microseconds.
+struct Floors {
+    /// Group commit by one thread, no network.
+    p50_us: u64,
+    p99_us: u64,
+    /// The same behind one loopback TCP round trip.
+    socket_p50_us: u64,
+    socket_p99_us: u64,
 }
 
 struct WriterOutcome {
@@ -127,7 +143,22 @@ async fn run_async(args: BookiePerfArgs) -> anyhow::Result<()> {
                     "group commit floor at {rate}/s (one thread, no network): p50 {p50_us} us, p99 {p99_us} us"
                 );
             }
-            Some((p50_us, p99_us))
+            let dir = data_dir.clone();
+            let (socket_p50_us, socket_p99_us) = tokio::task::spawn_blocking(move || {
+                measure_socket_floor(&dir, rate, record_bytes, FLOOR_PROBE_DURATION)
+            })
+            .await??;
+            if !args.json {
+                println!(
+                    "group commit behind one loopback TCP round trip (no gRPC): p50 {socket_p50_us} us, p99 {socket_p99_us} us"
+                );
+            }
+            Some(Floors {
+                p50_us,
+                p99_us,
+                socket_p50_us,
+                socket_p99_us,
+            })
         }
         None => None,
     };
@@ -283,10 +314,12 @@ async fn run_async(args: BookiePerfArgs) -> anyhow::Result<()> {
     if let Some(busy) = cpu.machine_busy_percent {
         figures.set_f64("machine_cpu_busy_pct", busy);
     }
-    if let Some((floor_p50_us, floor_p99_us)) = floor {
+    if let Some(floor) = floor {
         figures
-            .set("floor_p50_us", floor_p50_us)
-            .set("floor_p99_us", floor_p99_us);
+            .set("floor_p50_us", floor.p50_us)
+            .set("floor_p99_us", floor.p99_us)
+            .set("socket_floor_p50_us", floor.socket_p50_us)
+            .set("socket_floor_p99_us", floor.socket_p99_us);
     }
     figures.print_json_line();
     if failures > 0 {
@@ -296,7 +329,7 @@ async fn run_async(args: BookiePerfArgs) -> anyhow::Result<()> {
 }
 
 fn connection_count(args: &BookiePerfArgs) -> u64 {
-    args.connections.unwrap_or(args.writers).min(args.writers)
+    args.connections.min(args.writers)
 }
 
 /// Keeps up to `window` entries in flight in requests of `batch`.

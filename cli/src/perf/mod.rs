@@ -11,6 +11,7 @@ mod pubsub;
 mod raw_fsync;
 mod report;
 mod sketches;
+mod socket_floor;
 
 use clap::Subcommand;
 

@@ -84,7 +84,7 @@ pub fn measure_group_commit_floor(
 
 /// A new file of `bytes` zeros, synced: each later round syncs data and no size change, as in
 /// the journal's preallocated files.
-fn zero_filled_probe(path: &Path, bytes: usize) -> anyhow::Result<File> {
+pub(super) fn zero_filled_probe(path: &Path, bytes: usize) -> anyhow::Result<File> {
     let file = OpenOptions::new()
         .read(true)
         .write(true)
