@@ -6,9 +6,9 @@
 //! a bookie, all its ledgers on one connection, and how BookKeeper's client does by default
 //! (one channel per bookie). `--connections N` spreads the writers round robin over N
 //! connections instead, as N separate clients would. Without `--rate`, each writer keeps a
-//! window of entries in flight in batches. With `--rate`, a pacing thread releases entries on
-//! schedule and latency counts from the scheduled time, so a stall is charged to every entry it
-//! delayed.
+//! window of entries in flight in batches. With `--rate`, a pacing thread sends each writer's
+//! entries onto its connection as they fall due, and latency counts from the scheduled time, so
+//! a stall is charged to every entry it delayed.
 //!
 //! Before the bookie starts, three floors are measured on the same disk, so the add latency can
 //! be read against each: the raw fdatasync; for a paced run, group commit at that rate by one
@@ -33,7 +33,7 @@ use magnetar_proto::bookie::{AddRequest, AddResult, ErrorCode};
 use tokio::sync::mpsc;
 
 use super::cpu_usage::CpuSample;
-use super::pacer::pace;
+use super::pacer::{pace_batches, Schedule};
 use super::raw_fsync::{measure_group_commit_floor, measure_raw_fsync};
 use super::report::{spawn_progress, Figures, LatencyHistogram};
 use super::socket_floor::measure_socket_floor;
@@ -191,37 +191,46 @@ async fn run_async(args: BookiePerfArgs) -> anyhow::Result<()> {
     let ledger_base = 1_000_000 + u64::from(std::process::id()) * 1_000;
     let cpu_before = CpuSample::take();
     let started = Instant::now();
+    let schedule = args
+        .rate
+        .map(|rate| Schedule::new(started, rate.max(1) as f64));
     let mut writers = Vec::new();
-    let mut schedules = Vec::new();
+    let mut paced_requests = Vec::new();
     for writer in 0..args.writers {
         let quota = args.entries / args.writers + u64::from(writer < args.entries % args.writers);
         let stream = streams[(writer % streams.len() as u64) as usize].clone();
         let ledger_id = ledger_base + writer;
-        let payload = payload.clone();
         let acked = acked.clone();
-        match args.rate {
+        match schedule {
             None => writers.push(tokio::spawn(write_unlimited(
                 stream,
                 ledger_id,
                 quota,
-                payload,
+                payload.clone(),
                 args.batch,
                 args.window,
                 acked,
             ))),
-            Some(_) => {
-                let (schedule, scheduled) = mpsc::unbounded_channel();
-                schedules.push(schedule);
-                writers.push(tokio::spawn(write_paced(
-                    stream, ledger_id, quota, payload, scheduled, acked,
+            Some(schedule) => {
+                // Subscribed before the pacer sends anything, so no result goes unrouted.
+                let (subscription, route) = join(&stream, ledger_id)?;
+                paced_requests.push((ledger_id, stream.requests().clone()));
+                let due = move |entry_id: u64| schedule.due(entry_id * args.writers + writer);
+                writers.push(tokio::spawn(await_paced(
+                    subscription,
+                    route,
+                    quota,
+                    due,
+                    acked,
                 )));
             }
         }
     }
 
-    let pacer = args.rate.map(|rate| {
+    let pacer = schedule.map(|schedule| {
         let total = args.entries;
-        std::thread::spawn(move || pace(total, rate.max(1) as f64, started, schedules))
+        let payload = payload.clone();
+        std::thread::spawn(move || send_paced(total, schedule, paced_requests, payload))
     });
 
     let progress = spawn_progress(acked.clone(), args.entries, args.json);
@@ -376,50 +385,71 @@ async fn write_unlimited(
     Ok(outcome)
 }
 
-/// Sends entries as they fall due, each request holding whatever is due at once.
-async fn write_paced(
-    stream: SharedAddStream,
-    ledger_id: u64,
-    quota: u64,
+/// The pacer's side of a paced run: entry k overall belongs to writer `k mod W` as its entry
+/// `k / W`. Whenever entries fall due, each writer with entries among them gets one request
+/// holding them all, sent from this thread straight onto the writer's connection, as an
+/// application thread hands adds to an async client.
+fn send_paced(
+    total: u64,
+    schedule: Schedule,
+    writers: Vec<(u64, mpsc::Sender<AddRequest>)>,
     payload: Bytes,
-    mut scheduled: mpsc::UnboundedReceiver<(u64, Instant)>,
+) {
+    let writer_count = writers.len() as u64;
+    pace_batches(total, schedule, |batch| {
+        let mut due: Vec<Vec<_>> = vec![Vec::new(); writers.len()];
+        for sequence in batch {
+            let (ledger_id, _) = &writers[(sequence % writer_count) as usize];
+            let entry_id = sequence / writer_count;
+            due[(sequence % writer_count) as usize].push(new_entry(
+                *ledger_id,
+                entry_id,
+                entry_id as i64 - 1,
+                payload.clone(),
+            ));
+        }
+        writers
+            .iter()
+            .zip(due)
+            .filter(|(_, entries)| !entries.is_empty())
+            .all(|((_, requests), entries)| {
+                requests
+                    .blocking_send(AddRequest {
+                        entries,
+                        ..AddRequest::default()
+                    })
+                    .is_ok()
+            })
+    });
+}
+
+/// A paced writer's side: collects its ledger's results, each timed from when its entry fell
+/// due (`due(entry_id)`).
+async fn await_paced(
+    _subscription: Subscription,
+    mut route: mpsc::UnboundedReceiver<RouteEvent>,
+    quota: u64,
+    due: impl Fn(u64) -> Instant,
     acked: Arc<AtomicU64>,
 ) -> anyhow::Result<WriterOutcome> {
-    let (_subscription, mut route) = join(&stream, ledger_id)?;
-    let mut due_at = vec![Instant::now(); quota as usize];
     let mut outcome = WriterOutcome {
         latencies: LatencyHistogram::new(),
         failures: 0,
     };
     let mut done = 0u64;
-    let mut schedule_open = true;
     while done < quota {
-        tokio::select! {
-            next = scheduled.recv(), if schedule_open => {
-                let Some(first) = next else { schedule_open = false; continue };
-                let mut due = vec![first];
-                while let Ok(more) = scheduled.try_recv() {
-                    due.push(more);
-                }
-                let entries = due
-                    .iter()
-                    .map(|(entry_id, at)| {
-                        due_at[*entry_id as usize] = *at;
-                        new_entry(ledger_id, *entry_id, *entry_id as i64 - 1, payload.clone())
-                    })
-                    .collect();
-                stream
-                    .requests()
-                    .send(AddRequest { entries, ..AddRequest::default() })
-                    .await
-                    .context("the bookie closed the add stream")?;
-            }
-            results = next_results(&mut route) => {
-                let results = results?;
-                done += record(&results, &due_at, &mut outcome);
-                acked.fetch_add(results.len() as u64, Ordering::Relaxed);
+        let results = next_results(&mut route).await?;
+        let now = Instant::now();
+        for result in &results {
+            if result.code == ErrorCode::Ok as i32 && result.entry_id < quota {
+                let latency = now.duration_since(due(result.entry_id));
+                outcome.latencies.record_us(latency.as_micros() as u64);
+            } else {
+                outcome.failures += 1;
             }
         }
+        done += results.len() as u64;
+        acked.fetch_add(results.len() as u64, Ordering::Relaxed);
     }
     Ok(outcome)
 }
