@@ -104,6 +104,42 @@ struct Floors {
     socket_p99_us: u64,
 }
 
+/// Measures both floors of a paced run, one after the other on a blocking thread, printing
+/// each unless `quiet`.
+async fn measure_floors(
+    dir: PathBuf,
+    rate: u64,
+    entry_size: usize,
+    quiet: bool,
+) -> anyhow::Result<Floors> {
+    tokio::task::spawn_blocking(move || {
+        let record_bytes = entry_record_bytes(entry_size);
+        let (p50_us, p99_us) =
+            measure_group_commit_floor(&dir, rate, record_bytes, FLOOR_PROBE_DURATION)?;
+        if !quiet {
+            println!(
+                "group commit floor at {rate}/s (one thread, no network): \
+                 p50 {p50_us} us, p99 {p99_us} us"
+            );
+        }
+        let (socket_p50_us, socket_p99_us) =
+            measure_socket_floor(&dir, rate, record_bytes, FLOOR_PROBE_DURATION)?;
+        if !quiet {
+            println!(
+                "group commit behind one loopback TCP round trip (no gRPC): \
+                 p50 {socket_p50_us} us, p99 {socket_p99_us} us"
+            );
+        }
+        Ok(Floors {
+            p50_us,
+            p99_us,
+            socket_p50_us,
+            socket_p99_us,
+        })
+    })
+    .await?
+}
+
 struct WriterOutcome {
     latencies: LatencyHistogram,
     failures: u64,
@@ -132,33 +168,7 @@ async fn run_async(args: BookiePerfArgs) -> anyhow::Result<()> {
     }
     let floor = match args.rate {
         Some(rate) => {
-            let dir = data_dir.clone();
-            let record_bytes = entry_record_bytes(args.entry_size);
-            let (p50_us, p99_us) = tokio::task::spawn_blocking(move || {
-                measure_group_commit_floor(&dir, rate, record_bytes, FLOOR_PROBE_DURATION)
-            })
-            .await??;
-            if !args.json {
-                println!(
-                    "group commit floor at {rate}/s (one thread, no network): p50 {p50_us} us, p99 {p99_us} us"
-                );
-            }
-            let dir = data_dir.clone();
-            let (socket_p50_us, socket_p99_us) = tokio::task::spawn_blocking(move || {
-                measure_socket_floor(&dir, rate, record_bytes, FLOOR_PROBE_DURATION)
-            })
-            .await??;
-            if !args.json {
-                println!(
-                    "group commit behind one loopback TCP round trip (no gRPC): p50 {socket_p50_us} us, p99 {socket_p99_us} us"
-                );
-            }
-            Some(Floors {
-                p50_us,
-                p99_us,
-                socket_p50_us,
-                socket_p99_us,
-            })
+            Some(measure_floors(data_dir.clone(), rate, args.entry_size, args.json).await?)
         }
         None => None,
     };
