@@ -56,6 +56,10 @@ pub struct BookieConfig {
     /// Bound on add requests in flight on one AddEntries stream; the stream stops reading
     /// requests while the bound is reached.
     pub max_in_flight_requests_per_stream: usize,
+    /// Threads of the async runtime serving gRPC when the bookie runs as its own process. Zero
+    /// picks one fewer than the CPUs, and at least one: the journal writer waits on every add's
+    /// fdatasync and the kernel's loopback and disk work needs a CPU too, so they keep one.
+    pub network_threads: usize,
     /// Longest wait a ReadLastAddConfirmed long poll may ask for.
     #[serde(with = "duration_ms")]
     pub max_long_poll: Duration,
@@ -92,6 +96,7 @@ impl Default for BookieConfig {
             min_free_space_bytes: 256 * 1024 * 1024,
             disk_check_interval: Duration::from_secs(1),
             max_in_flight_requests_per_stream: 1024,
+            network_threads: 0,
             max_long_poll: Duration::from_secs(30),
             max_read_bytes: 4 * 1024 * 1024,
             meta_endpoints: Vec::new(),
@@ -103,6 +108,16 @@ impl Default for BookieConfig {
 }
 
 impl BookieConfig {
+    /// How many threads serve gRPC: `network_threads`, or when that is zero, one fewer than the
+    /// CPUs this process may use, and at least one.
+    pub fn network_thread_count(&self) -> usize {
+        if self.network_threads > 0 {
+            return self.network_threads;
+        }
+        let cpus = std::thread::available_parallelism().map_or(1, |cpus| cpus.get());
+        cpus.saturating_sub(1).max(1)
+    }
+
     /// Checks every field against its valid range.
     pub fn validate(&self) -> Result<(), BookieError> {
         let invalid = |field: &str, why: String| {
@@ -210,6 +225,20 @@ mod tests {
         BookieConfig::default()
             .validate()
             .expect("defaults validate");
+    }
+
+    #[test]
+    fn network_threads_leave_a_cpu_unless_set() {
+        let cpus = std::thread::available_parallelism().unwrap().get();
+        assert_eq!(
+            BookieConfig::default().network_thread_count(),
+            (cpus - 1).max(1)
+        );
+        let set = BookieConfig {
+            network_threads: 3,
+            ..BookieConfig::default()
+        };
+        assert_eq!(set.network_thread_count(), 3);
     }
 
     #[test]

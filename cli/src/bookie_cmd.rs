@@ -43,6 +43,9 @@ pub struct BookieArgs {
     /// Registration session TTL in milliseconds: how long a dead bookie stays listed.
     #[arg(long)]
     pub registration_ttl_ms: Option<u64>,
+    /// Threads serving gRPC (default: one fewer than the CPUs, at least one).
+    #[arg(long)]
+    pub network_threads: Option<usize>,
 }
 
 impl BookieArgs {
@@ -87,6 +90,9 @@ impl BookieArgs {
         if let Some(ttl_ms) = self.registration_ttl_ms {
             config.registration_ttl = std::time::Duration::from_millis(ttl_ms);
         }
+        if let Some(threads) = self.network_threads {
+            config.network_threads = threads;
+        }
         config
             .validate()
             .context("checking the bookie configuration")?;
@@ -96,7 +102,9 @@ impl BookieArgs {
 
 pub fn run(args: BookieArgs) -> anyhow::Result<()> {
     let config = args.config()?;
-    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    let threads = config.network_thread_count();
+    let runtime = network_runtime(threads)?;
+    tracing::info!(threads, "serving gRPC on this many threads");
     runtime.block_on(async move {
         let bookie = RunningBookie::start(config)
             .await
@@ -110,6 +118,15 @@ pub fn run(args: BookieArgs) -> anyhow::Result<()> {
             .context("shutting the bookie down")?;
         Ok(())
     })
+}
+
+/// The async runtime a bookie serves gRPC on, with `threads` workers.
+pub fn network_runtime(threads: usize) -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
 }
 
 /// Resolves on SIGTERM or SIGINT.

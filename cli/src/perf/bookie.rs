@@ -75,22 +75,29 @@ pub struct BookiePerfArgs {
     /// Target a running bookie instead of starting one.
     #[arg(long)]
     pub bookie: Option<String>,
+    /// Threads of the async runtime that runs the writers and, unless `--bookie` is given, the
+    /// bookie (default: as `magnetar bookie`, one fewer than the CPUs, at least one).
+    #[arg(long)]
+    pub network_threads: Option<usize>,
     /// Only print the JSON line.
     #[arg(long)]
     pub json: bool,
 }
 
-pub fn run(args: BookiePerfArgs) -> anyhow::Result<()> {
+pub fn run(mut args: BookiePerfArgs) -> anyhow::Result<()> {
     if args.writers == 0 || args.entries < args.writers || args.entry_size == 0 {
         bail!("need --writers >= 1, --entries >= --writers and --entry-size >= 1");
     }
     if args.connections == 0 {
         bail!("need --connections >= 1");
     }
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?;
+    let config = BookieConfig {
+        network_threads: args.network_threads.unwrap_or(0),
+        ..BookieConfig::default()
+    };
+    let threads = config.network_thread_count();
+    args.network_threads = Some(threads);
+    let runtime = crate::bookie_cmd::network_runtime(threads)?;
     runtime.block_on(run_async(args))
 }
 
@@ -317,6 +324,7 @@ async fn run_async(args: BookiePerfArgs) -> anyhow::Result<()> {
         .set("entry_size", args.entry_size as u64)
         .set("writers", args.writers)
         .set("connections", connection_count(&args))
+        .set("network_threads", args.network_threads.unwrap_or(0) as u64)
         .set("rate", args.rate.unwrap_or(0))
         .set_f64("adds_per_sec", adds_per_sec)
         .set_f64("mb_per_sec", mb_per_sec)
