@@ -397,7 +397,11 @@ async fn write_unlimited(
             sent += count;
         }
         let results = next_results(&mut route).await?;
-        done += record(&results, &sent_at, &mut outcome);
+        done += record(
+            &results,
+            |entry_id| sent_at.get(entry_id as usize).copied(),
+            &mut outcome,
+        );
         acked.fetch_add(results.len() as u64, Ordering::Relaxed);
     }
     Ok(outcome)
@@ -457,16 +461,8 @@ async fn await_paced(
     let mut done = 0u64;
     while done < quota {
         let results = next_results(&mut route).await?;
-        let now = Instant::now();
-        for result in &results {
-            if result.code == ErrorCode::Ok as i32 && result.entry_id < quota {
-                let latency = now.duration_since(due(result.entry_id));
-                outcome.latencies.record_us(latency.as_micros() as u64);
-            } else {
-                outcome.failures += 1;
-            }
-        }
-        done += results.len() as u64;
+        let start_of = |entry_id| (entry_id < quota).then(|| due(entry_id));
+        done += record(&results, start_of, &mut outcome);
         acked.fetch_add(results.len() as u64, Ordering::Relaxed);
     }
     Ok(outcome)
@@ -493,19 +489,23 @@ async fn next_results(
     }
 }
 
-/// Records each result's latency from its start time; returns how many results there were.
-fn record(results: &[AddResult], started: &[Instant], outcome: &mut WriterOutcome) -> u64 {
+/// Records each result's latency from the start `start_of` gives its entry (a failure when the
+/// result is not OK or has no start); returns how many results there were.
+fn record(
+    results: &[AddResult],
+    start_of: impl Fn(u64) -> Option<Instant>,
+    outcome: &mut WriterOutcome,
+) -> u64 {
     let now = Instant::now();
     for result in results {
-        if result.code == ErrorCode::Ok as i32 {
-            match started.get(result.entry_id as usize) {
-                Some(start) => outcome
-                    .latencies
-                    .record_us(now.duration_since(*start).as_micros() as u64),
-                None => outcome.failures += 1,
-            }
-        } else {
-            outcome.failures += 1;
+        let start = (result.code == ErrorCode::Ok as i32)
+            .then(|| start_of(result.entry_id))
+            .flatten();
+        match start {
+            Some(start) => outcome
+                .latencies
+                .record_us(now.duration_since(start).as_micros() as u64),
+            None => outcome.failures += 1,
         }
     }
     results.len() as u64
