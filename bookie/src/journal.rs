@@ -7,7 +7,9 @@
 //! an fdatasync flushes data and no file-size metadata: a file whose records are all in ledger
 //! storage is recycled (renamed and written over), and only when none is spare is a new one
 //! filled with zeros, paced so the zeros do not hold up the journal's own fdatasyncs, unless
-//! the writer is about to need the file.
+//! the writer is about to need the file. A new journal makes its first two files before it
+//! takes adds; after that the writer asks for its next file when the current one is half
+//! full, by which time the file before it is checkpointed and can be recycled.
 //!
 //! Fencing goes through the same queue: a fence is answered only after every add queued before
 //! it is durable, and every add queued after it (other than recovery adds) fails with FENCED.
@@ -107,7 +109,22 @@ impl Journal {
         queue_bound: usize,
     ) -> Result<Self> {
         let (spare_sender, spare_receiver) = flume::bounded::<JournalFile>(1);
+        let (wanted_sender, wanted_receiver) = flume::bounded::<()>(1);
         let first = next_journal_file(&settings, first_file_id, None)?;
+        // The first spare is made now as well, at full speed: made later, its zeros would
+        // slow every fdatasync of the first file. Later spares are recycled files, taken when
+        // the current file is half full, by which time the file before it is checkpointed.
+        let mut next_id = first_file_id + 1;
+        match next_journal_file(&settings, next_id, None) {
+            Ok(spare) => {
+                next_id += 1;
+                let _ = spare_sender.try_send(spare);
+            }
+            Err(error) => {
+                warn!(%error, "cannot preallocate a second journal file; trying in the background");
+                let _ = wanted_sender.try_send(());
+            }
+        }
         let urgent = Arc::new(AtomicBool::new(false));
         let preallocator = {
             let settings = settings.clone();
@@ -116,7 +133,7 @@ impl Journal {
                 .name("journal-prealloc".into())
                 .spawn(move || {
                     crate::thread_priority::lower_current_thread();
-                    preallocate_files(settings, first_file_id + 1, spare_sender, urgent)
+                    preallocate_files(settings, next_id, wanted_receiver, spare_sender, urgent)
                 })
                 .map_err(|source| BookieError::io("starting the journal preallocator", source))?
         };
@@ -127,6 +144,8 @@ impl Journal {
             current: first,
             current_since: Instant::now(),
             spares: spare_receiver,
+            wanted: wanted_sender,
+            next_requested: true,
             urgent,
             fenced_ledgers,
             sink,
@@ -386,29 +405,62 @@ pub fn sync_directory(dir: &Path) -> Result<()> {
         .map_err(|source| BookieError::io(format!("syncing directory {}", dir.display()), source))
 }
 
+/// The preallocator's loop: one file each time the writer asks, until the writer stops.
 fn preallocate_files(
     settings: JournalSettings,
     mut next_id: u64,
+    wanted: flume::Receiver<()>,
     spares: flume::Sender<JournalFile>,
     urgent: Arc<AtomicBool>,
 ) {
-    loop {
-        match next_journal_file(&settings, next_id, Some(&urgent)) {
-            Ok(file) => {
-                // Blocks until the writer takes the spare; fails once the writer has stopped.
-                if spares.send(file).is_err() {
-                    return;
+    while wanted.recv().is_ok() {
+        loop {
+            match next_journal_file(&settings, next_id, Some(&urgent)) {
+                Ok(file) => {
+                    if spares.send(file).is_err() {
+                        return;
+                    }
+                    next_id += 1;
+                    break;
                 }
-                next_id += 1;
-            }
-            Err(error) => {
-                error!(%error, "cannot preallocate the next journal file; retrying in 1 s");
-                if spares.is_disconnected() {
-                    return;
+                Err(error) => {
+                    error!(%error, "cannot preallocate the next journal file; retrying in 1 s");
+                    if spares.is_disconnected() {
+                        return;
+                    }
+                    std::thread::sleep(Duration::from_secs(1));
                 }
-                std::thread::sleep(Duration::from_secs(1));
             }
         }
+    }
+}
+
+/// What the writer should do about its next file, judged after each group.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum NextFileNeed {
+    /// Not yet: the file before the current one may still become a spare to recycle.
+    Later,
+    /// Ask the preallocator now: a paced preallocation would still finish in time.
+    Ask,
+    /// Ask, and have the preallocator stop pacing: the file is nearly full.
+    Urgent,
+}
+
+/// Judges [`NextFileNeed`] from how full the current file is and how fast it filled, where
+/// `paced` is how long a paced preallocation of a whole file takes.
+fn next_file_need(
+    written: u64,
+    remaining: u64,
+    elapsed: Duration,
+    paced: Duration,
+) -> NextFileNeed {
+    let share_written = written as f64 / (written + remaining).max(1) as f64;
+    if share_written > 0.75 || full_within(written, remaining, elapsed, paced) {
+        NextFileNeed::Urgent
+    } else if share_written > 0.5 || full_within(written, remaining, elapsed, 2 * paced) {
+        NextFileNeed::Ask
+    } else {
+        NextFileNeed::Later
     }
 }
 
@@ -428,8 +480,12 @@ struct JournalWriter {
     /// When the writer moved to the current file (its fill rate says when it will be full).
     current_since: Instant,
     spares: flume::Receiver<JournalFile>,
+    /// Asks the preallocator for the next file.
+    wanted: flume::Sender<()>,
+    /// The next file is asked for (or ready) since the last roll.
+    next_requested: bool,
     /// Set when no spare is ready and the current file will be full before a paced
-    /// preallocation could finish (or is past half): the preallocator stops pacing.
+    /// preallocation could finish (or is three quarters full): the preallocator stops pacing.
     urgent: Arc<AtomicBool>,
     fenced_ledgers: HashSet<u64>,
     sink: Arc<dyn JournalSink>,
@@ -599,27 +655,36 @@ impl JournalWriter {
             .map_err(|source| BookieError::io("fdatasync of the journal", source))?;
         self.stats.fsyncs.fetch_add(1, Ordering::Relaxed);
         self.current.offset += needed;
-        if self.spares.is_empty() && self.filling_faster_than_paced_preallocation() {
-            self.urgent.store(true, Ordering::Relaxed);
-        }
+        self.plan_next_file();
         Ok(())
     }
 
-    /// Whether the current file, at the rate it has been filling, will be full before a paced
-    /// preallocation of a whole next file could finish (always true past half the file). A
+    /// Asks for the next file once the current one is half full or filling fast, and drops
+    /// the preallocator's pacing when the file will be full before a paced one is ready. A
     /// burst of adds fills a 64 MiB file in well under a second, while pacing takes 2 s.
-    fn filling_faster_than_paced_preallocation(&self) -> bool {
-        if self.current.offset > self.current.capacity / 2 {
-            return true;
-        }
-        full_within(
+    fn plan_next_file(&mut self) {
+        let need = next_file_need(
             self.current.offset.saturating_sub(FILE_HEADER_BYTES),
             self.current.capacity.saturating_sub(self.current.offset),
             self.current_since.elapsed(),
             Duration::from_secs_f64(
                 self.settings.file_size_bytes as f64 / PREALLOCATION_BYTES_PER_SEC as f64,
             ),
-        )
+        );
+        if need == NextFileNeed::Later {
+            return;
+        }
+        self.request_next_file();
+        if need == NextFileNeed::Urgent && self.spares.is_empty() {
+            self.urgent.store(true, Ordering::Relaxed);
+        }
+    }
+
+    fn request_next_file(&mut self) {
+        if !self.next_requested {
+            self.next_requested = true;
+            let _ = self.wanted.try_send(());
+        }
     }
 
     /// Moves on to the next (preallocated) file.
@@ -627,6 +692,7 @@ impl JournalWriter {
         let next = match self.spares.try_recv() {
             Ok(file) => file,
             Err(_) => {
+                self.request_next_file();
                 self.urgent.store(true, Ordering::Relaxed);
                 warn!("no preallocated journal file ready; waiting for one");
                 self.spares
@@ -648,6 +714,7 @@ impl JournalWriter {
         );
         self.current = next;
         self.current_since = Instant::now();
+        self.next_requested = false;
         self.broken = false;
         self.urgent.store(false, Ordering::Relaxed);
         Ok(())
@@ -679,5 +746,30 @@ mod tests {
         // Nothing written yet, or no time passed: no rate to judge by.
         assert!(!full_within(0, 64 * MIB, Duration::from_millis(10), pacing));
         assert!(!full_within(MIB, 63 * MIB, Duration::ZERO, pacing));
+    }
+
+    #[test]
+    fn the_next_file_is_asked_for_at_half_and_hurried_when_nearly_full() {
+        let paced = Duration::from_secs(2);
+        const MIB: u64 = 1024 * 1024;
+        let need = |written_mib: u64, elapsed_secs: f64| {
+            next_file_need(
+                written_mib * MIB,
+                (64 - written_mib) * MIB,
+                Duration::from_secs_f64(elapsed_secs),
+                paced,
+            )
+        };
+        // About 6.4 MiB/s, as 50,000 adds/s of 100 B: wait while the file before may still be
+        // checkpointed and recycled, ask at half, hurry past three quarters.
+        assert_eq!(need(16, 2.5), NextFileNeed::Later);
+        assert_eq!(need(33, 5.2), NextFileNeed::Ask);
+        assert_eq!(need(49, 7.7), NextFileNeed::Urgent);
+        // 16 MiB a second: full in 3 s, so a paced preallocation (2 s) starts now.
+        assert_eq!(need(16, 1.0), NextFileNeed::Ask);
+        // A burst: 8 MiB in 50 ms leaves 0.35 s, too little for pacing.
+        assert_eq!(need(8, 0.05), NextFileNeed::Urgent);
+        // Nothing written yet: no rate to judge by.
+        assert_eq!(need(0, 0.01), NextFileNeed::Later);
     }
 }

@@ -60,7 +60,6 @@ pub enum WriterCheck {
     Unknown,
 }
 
-#[derive(Default)]
 struct Caches {
     active: WriteCache,
     /// The generation being flushed (or whose flush failed and will be retried).
@@ -70,6 +69,26 @@ struct Caches {
     /// When the active generation became active (`None`: since the bookie opened).
     active_since: Option<Instant>,
 }
+
+impl Caches {
+    /// Both tables start with room for a generation: a table that grows moves every entry it
+    /// holds at once, on the journal thread, and the adds of that group wait. One entry per
+    /// KiB of the flush threshold, at most [`FIRST_TABLE_MAX_ENTRIES`]: untouched room costs
+    /// only address space until entries arrive.
+    fn new(write_cache_flush_bytes: usize) -> Self {
+        let entries = (write_cache_flush_bytes / 1024).min(FIRST_TABLE_MAX_ENTRIES);
+        Self {
+            active: WriteCache::with_capacity(entries),
+            flushing: None,
+            spare: Some(WriteCache::with_capacity(entries)),
+            active_since: None,
+        }
+    }
+}
+
+/// Room in each of the first two write-cache tables: a generation at 50,000 adds/s over the
+/// default one-second flush interval fits.
+const FIRST_TABLE_MAX_ENTRIES: usize = 64 * 1024;
 
 /// A paced flush writes the entry log this many bytes at a time (see [`crate::write_pace`]).
 const FLUSH_STEP_BYTES: usize = 64 * 1024;
@@ -149,7 +168,7 @@ impl LedgerStorage {
             reader: EntryLogReader::new(config.entry_log_dir()),
             index,
             ledgers: Mutex::new(ledgers),
-            caches: Mutex::new(Caches::default()),
+            caches: Mutex::new(Caches::new(config.write_cache_flush_bytes)),
             cache_drained: Condvar::new(),
             usage: Mutex::new(usage),
             flush_lock: Mutex::new(()),

@@ -8,7 +8,9 @@
 //! journal thread inserts every entry before it answers the adds of its group; a fresh table
 //! that doubles as it fills moves everything it holds at once, into newly mapped memory, and
 //! at 50,000 adds/s that held every add for up to 10 ms several times a second. A recycled
-//! table already has room for a generation, and most of its memory is already mapped.
+//! table already has room for a generation, and most of its memory is already mapped; the
+//! first two tables start with room for one (see `LedgerStorage`), so the first seconds after
+//! a start do not pay for growth either.
 
 use std::collections::HashMap;
 
@@ -27,6 +29,14 @@ pub struct WriteCache {
 }
 
 impl WriteCache {
+    /// An empty generation with room for `entries` before its table grows.
+    pub fn with_capacity(entries: usize) -> Self {
+        Self {
+            entries: HashMap::with_capacity(entries),
+            ..Self::default()
+        }
+    }
+
     /// Inserts (or replaces) an entry.
     pub fn insert(&mut self, entry: Entry) {
         self.payload_bytes += entry.payload.len();
