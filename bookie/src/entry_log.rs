@@ -20,7 +20,7 @@ use magnetar_proto::bookie::Entry;
 use parking_lot::Mutex;
 
 use crate::error::{BookieError, Result};
-use crate::journal::sync_directory;
+use crate::journal_file::sync_directory;
 use crate::write_back::{write_back, WriteBack};
 
 const MAGIC: [u8; 8] = *b"MGNELOG\0";

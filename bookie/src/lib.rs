@@ -16,7 +16,8 @@
 //! - [`error`]: [`BookieError`] and its stable wire codes.
 //! - [`entry`]: the entry checksum shared by writers, bookies and readers.
 //! - [`journal_record`]: journal file format (encode, decode, torn-tail detection); no I/O.
-//! - [`journal`]: the group-commit writer thread and its preallocated (or recycled) files.
+//! - [`journal`]: the group-commit writer thread.
+//! - [`journal_file`]: journal files made ahead (zero-filled or recycled) and retired.
 //! - [`write_cache`]: entries durable in the journal, not yet in an entry log.
 //! - `write_back`: pages written to the disk ahead of an fdatasync, in bounded pieces.
 //! - `write_pace`: how fast the flusher and the compactor write, in steps rather than one
@@ -48,6 +49,7 @@ pub mod entry_log;
 pub mod error;
 pub mod index;
 pub mod journal;
+pub mod journal_file;
 pub mod journal_record;
 pub mod ledger;
 pub mod request_merge;

@@ -26,7 +26,8 @@ use crate::disk::disk_space;
 use crate::entry::entry_checksum_ok;
 use crate::entry_log::list_entry_logs;
 use crate::error::{BookieError, Result};
-use crate::journal::{list_journal_files, Journal, JournalCommand};
+use crate::journal::{Journal, JournalCommand};
+use crate::journal_file::list_journal_files;
 use crate::request_merge::token_for;
 use crate::storage::{LedgerStorage, WriterCheck};
 

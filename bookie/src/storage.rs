@@ -24,10 +24,8 @@ use crate::disk::{ReadOnlyCause, ReadOnlyState};
 use crate::entry_log::{list_entry_logs, record_bytes, EntryLogReader, EntryLogWriter};
 use crate::error::{BookieError, Result};
 use crate::index::{Index, LedgerMeta};
-use crate::journal::{
-    journal_file_name, list_journal_files, retire_journal_files_before, JournalPosition,
-    JournalSink,
-};
+use crate::journal::{JournalPosition, JournalSink};
+use crate::journal_file::{journal_file_name, list_journal_files, retire_journal_files_before};
 use crate::journal_record::{check_file_header, scan_record, Scanned, FILE_HEADER_BYTES};
 use crate::write_cache::WriteCache;
 use crate::write_pace::WritePace;

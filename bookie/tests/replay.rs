@@ -5,7 +5,7 @@ mod common;
 
 use bytes::Bytes;
 use magnetar_bookie::index::{Index, LedgerMeta};
-use magnetar_bookie::journal::journal_file_name;
+use magnetar_bookie::journal_file::journal_file_name;
 use magnetar_bookie::journal_record::{
     checksum_seed, encode_entry, encoded_entry_len, file_header,
 };
