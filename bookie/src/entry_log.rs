@@ -19,8 +19,8 @@ use bytes::{Buf, Bytes};
 use magnetar_proto::bookie::Entry;
 use parking_lot::Mutex;
 
+use crate::directory::{list_file_ids, sync_directory};
 use crate::error::{BookieError, Result};
-use crate::journal_file::sync_directory;
 use crate::write_back::{write_back, WriteBack};
 
 const MAGIC: [u8; 8] = *b"MGNELOG\0";
@@ -80,21 +80,7 @@ pub fn entry_log_file_name(id: u64) -> String {
 
 /// Ids of the entry logs in `dir`, in order.
 pub fn list_entry_logs(dir: &Path) -> Result<Vec<u64>> {
-    let mut ids = Vec::new();
-    let listing = std::fs::read_dir(dir)
-        .map_err(|source| BookieError::io(format!("listing {}", dir.display()), source))?;
-    for item in listing {
-        let item = item.map_err(|source| BookieError::io("listing entry logs", source))?;
-        let name = item.file_name();
-        let Some(name) = name.to_str() else { continue };
-        if let Some(hex) = name.strip_suffix(".log") {
-            if let Ok(id) = u64::from_str_radix(hex, 16) {
-                ids.push(id);
-            }
-        }
-    }
-    ids.sort_unstable();
-    Ok(ids)
+    list_file_ids(dir, ".log")
 }
 
 /// Appends entries to the current entry log, starting a new one past the size limit.

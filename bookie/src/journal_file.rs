@@ -18,6 +18,7 @@ use std::time::Duration;
 
 use tracing::{error, info, warn};
 
+use crate::directory::{list_file_ids, sync_directory};
 use crate::error::{BookieError, Result};
 use crate::journal::JournalSettings;
 use crate::journal_record::{checksum_seed, file_header, FILE_HEADER_BYTES};
@@ -38,25 +39,7 @@ const MAX_SPARE_FILES: usize = 2;
 
 /// Ids of the journal files in `dir`, in order.
 pub fn list_journal_files(dir: &Path) -> Result<Vec<u64>> {
-    list_files_ending(dir, ".journal")
-}
-
-fn list_files_ending(dir: &Path, suffix: &str) -> Result<Vec<u64>> {
-    let mut ids = Vec::new();
-    let entries = std::fs::read_dir(dir)
-        .map_err(|source| BookieError::io(format!("listing {}", dir.display()), source))?;
-    for entry in entries {
-        let entry = entry.map_err(|source| BookieError::io("listing the journal", source))?;
-        let name = entry.file_name();
-        let Some(name) = name.to_str() else { continue };
-        if let Some(hex) = name.strip_suffix(suffix) {
-            if let Ok(id) = u64::from_str_radix(hex, 16) {
-                ids.push(id);
-            }
-        }
-    }
-    ids.sort_unstable();
-    Ok(ids)
+    list_file_ids(dir, ".journal")
 }
 
 pub(crate) struct JournalFile {
@@ -134,7 +117,7 @@ impl JournalFile {
     /// Makes a spare (a checkpointed journal file) into journal file `id`: renamed, given a
     /// recycled header, synced. `None` when there is no spare big enough.
     fn reuse_spare(dir: &Path, id: u64, size_bytes: u64) -> Result<Option<Self>> {
-        for spare_id in list_files_ending(dir, ".journal-spare")? {
+        for spare_id in list_file_ids(dir, ".journal-spare")? {
             let spare = dir.join(spare_file_name(spare_id));
             let length = std::fs::metadata(&spare)
                 .map(|meta| meta.len())
@@ -197,7 +180,7 @@ pub fn retire_journal_files_before(dir: &Path, first_kept_id: u64) {
     let Ok(files) = list_journal_files(dir) else {
         return;
     };
-    let mut spares = list_files_ending(dir, ".journal-spare").map_or(0, |spares| spares.len());
+    let mut spares = list_file_ids(dir, ".journal-spare").map_or(0, |spares| spares.len());
     for file_id in files.into_iter().filter(|id| *id < first_kept_id) {
         let path = dir.join(journal_file_name(file_id));
         let outcome = if spares < MAX_SPARE_FILES {
@@ -218,13 +201,6 @@ const PACED_CHUNK_BYTES: usize = 256 * 1024;
 /// How fast the background preallocator writes zeros: a 64 MiB file takes 2 s, far less than
 /// the time a busy journal takes to fill one.
 pub(crate) const PREALLOCATION_BYTES_PER_SEC: u64 = 32 * 1024 * 1024;
-
-/// Makes a directory's entries (new or removed files) durable.
-pub fn sync_directory(dir: &Path) -> Result<()> {
-    File::open(dir)
-        .and_then(|directory| directory.sync_all())
-        .map_err(|source| BookieError::io(format!("syncing directory {}", dir.display()), source))
-}
 
 /// The preallocator's loop: one file each time the writer asks, until the writer stops.
 pub(crate) fn preallocate_files(

@@ -16,6 +16,7 @@
 //! - [`error`]: [`BookieError`] and its stable wire codes.
 //! - [`entry`]: the entry checksum shared by writers, bookies and readers.
 //! - [`journal_record`]: journal file format (encode, decode, torn-tail detection); no I/O.
+//! - [`directory`]: listing id-named files and syncing a directory.
 //! - [`journal`]: the group-commit writer thread.
 //! - [`journal_file`]: journal files made ahead (zero-filled or recycled) and retired.
 //! - [`write_cache`]: entries durable in the journal, not yet in an entry log.
@@ -43,6 +44,7 @@ pub mod bookie;
 pub mod client;
 pub mod compaction;
 pub mod config;
+pub mod directory;
 pub mod disk;
 pub mod entry;
 pub mod entry_log;
